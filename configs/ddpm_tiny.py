@@ -1,0 +1,25 @@
+"""CI / demo size of the conditional DDPM: same code path, seconds per step on a 2-core CPU."""
+import pathlib
+from jisp.config_utils import load_config_file
+
+
+def get_config():
+  c = load_config_file(pathlib.Path(__file__).with_name("ddpm_fivek.py"))
+  c.batch_size = 16
+  c.num_steps = 200
+  c.log_every = 10
+  c.checkpoint_every = 50
+  c.eval_every = 100
+  c.eval_batches = 2
+  c.data.patch_size = 32
+  c.model.base_channels = 16
+  c.model.channel_mults = (1, 2, 2)
+  c.model.attention_stages = (False, False, True)
+  c.model.num_groups = 8
+  c.optim.peak_lr = 1e-3
+  c.optim.end_lr = 1e-5
+  c.optim.warmup_steps = 20
+  c.optim.ema_decay = 0.99
+  c.sampling.sampler = "ddim"
+  c.sampling.steps = 50
+  return c

@@ -1,0 +1,5 @@
+import sys
+
+from jisp.cli import main
+
+sys.exit(main())

@@ -1,0 +1,137 @@
+"""RAW / sRGB training pairs under named protocols (the name is recorded in manifests).
+
+Every protocol starts from the same normalised mosaic: per-CFA-site black subtraction,
+division by (white - black), clip to [0, 1]. The official InvISP preprocessing skipped the
+black-level subtraction (a bug that leaves an offset in every RAW target); we do not.
+
+  invisp  RAW = bilinear demosaic -> white balance (capture.wb) -> clip -> gamma 1/2.2,
+          (H, W, 3). sRGB = LibRaw render (camera WB, no auto-brightness) saved and re-read
+          as a real JPEG, quality 90, 4:2:0, /255, (H, W, 3). InvISP and the DDPM paper.
+  linear  as invisp without the gamma: the RAW target stays linear.
+  packed  RAW = the normalised mosaic packed to (H/2, W/2, 4) in R, Gr, Gb, B order (no WB,
+          no gamma); sRGB = the render (no JPEG) area-downsampled 2x2 to (H/2, W/2, 3).
+          The SonyResearch RAW-Diffusion protocol.
+
+Orientation: both arrays are shown upright (EXIF orientation applied by
+`raw_io.apply_orientation`, the same helper `render_srgb` uses). For `packed` the mosaic
+itself is turned BEFORE packing and its CFA layout re-derived with `orient_pattern`
+(H, W are even, so 2x2 tiles map onto 2x2 tiles and the layout stays a Bayer layout).
+We chose this over packing first and turning the planes because the result is
+self-describing: `bayer.unpack(raw, meta["oriented_pattern"])` is exactly the upright
+mosaic, which is what a DNG writer (orientation 1) or a mosaic-space loss needs. The only
+cost is that under the transposing orientations (5..8) the "Gr" plane holds the sensor's
+other green; Bayer greens share one filter, so nothing is lost.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import numpy as np
+
+from jisp.data.raw_io import Capture, apply_orientation, orient_pattern
+from jisp.isp import bayer, tone
+
+PROTOCOLS = ("invisp", "linear", "packed")
+GAMMA = 2.2
+JPEG_QUALITY = 90
+
+
+def check_protocol(protocol) -> str:
+  if protocol not in PROTOCOLS:
+    raise ValueError(f"unknown pair protocol {protocol!r}; expected one of {PROTOCOLS}")
+  return protocol
+
+
+def crop_capture(cap: Capture, top: int, left: int, height: int, width: int) -> Capture:
+  """A window of the mosaic (sensor orientation). Even offsets and sizes keep `pattern`."""
+  h, w = cap.mosaic.shape
+  if any(int(v) % 2 for v in (top, left, height, width)):
+    raise ValueError(f"crop offsets and sizes must be even to keep the {cap.pattern} "
+                     f"layout, got top={top} left={left} {height}x{width}")
+  if top < 0 or left < 0 or height < 2 or width < 2 or top + height > h or left + width > w:
+    raise ValueError(f"crop {height}x{width} at ({top}, {left}) is outside the "
+                     f"{h}x{w} mosaic of {cap.path}")
+  return dataclasses.replace(cap, mosaic=cap.mosaic[top:top + height, left:left + width])
+
+
+def normalized_mosaic(cap: Capture) -> np.ndarray:
+  """(H, W) float32 in [0, 1]: per-site black subtracted, divided by (white - black)."""
+  black = np.asarray(cap.black_level, np.float32).reshape(2, 2)
+  h, w = cap.mosaic.shape
+  black = np.tile(black, (h // 2, w // 2))
+  x = (cap.mosaic.astype(np.float32) - black) / (np.float32(cap.white_level) - black)
+  return np.clip(x, 0.0, 1.0)
+
+
+def linear_rgb(cap: Capture) -> np.ndarray:
+  """(H, W, 3) float32, sensor orientation: bilinear demosaic of `normalized_mosaic`.
+
+  This is the RAW target before white balance; on each CFA site its channel equals the
+  normalised mosaic exactly (checked in the tests).
+  """
+  return np.asarray(bayer.demosaic_bilinear(normalized_mosaic(cap), cap.pattern), np.float32)
+
+
+def white_balance(rgb, wb) -> np.ndarray:
+  """Per-channel gains then clip to [0, 1] (gains > 1 push highlights past white)."""
+  return np.clip(np.asarray(rgb, np.float32) * np.asarray(wb, np.float32), 0.0, 1.0)
+
+
+def jpeg_roundtrip(srgb_uint8, quality: int = JPEG_QUALITY) -> np.ndarray:
+  """Encode as a real baseline JPEG (4:2:0) with PIL and decode again: uint8 (H, W, 3)."""
+  from PIL import Image
+  buf = io.BytesIO()
+  Image.fromarray(np.ascontiguousarray(srgb_uint8)).save(
+      buf, format="JPEG", quality=int(quality), subsampling=2)
+  buf.seek(0)
+  with Image.open(buf) as im:
+    return np.asarray(im.convert("RGB"))
+
+
+def area_downsample2(img) -> np.ndarray:
+  """Mean over 2x2 blocks: (H, W, C) -> (H/2, W/2, C) float32 (H, W even)."""
+  x = np.asarray(img, np.float32)
+  h, w = x.shape[:2]
+  return x.reshape(h // 2, 2, w // 2, 2, *x.shape[2:]).mean(axis=(1, 3))
+
+
+def _meta(cap: Capture, protocol: str) -> dict:
+  """JSON-ready description of where a pair came from (for manifests)."""
+  cm = None if cap.color_matrix is None else np.asarray(cap.color_matrix).tolist()
+  return dict(protocol=protocol, camera=cap.camera, path=cap.path, pattern=cap.pattern,
+              oriented_pattern=orient_pattern(cap.pattern, cap.orientation),
+              wb=[float(x) for x in cap.wb], wb_source=cap.wb_source,
+              black=[float(x) for x in cap.black_level], white=float(cap.white_level),
+              color_matrix=cm, orientation=int(cap.orientation), bits=int(cap.bits))
+
+
+def make_pair(cap: Capture, srgb_uint8, protocol: str) -> dict:
+  """{'raw': float32, 'rgb': float32, 'meta': dict} for one capture under `protocol`.
+
+  srgb_uint8: LibRaw's render of this capture, upright, i.e. `raw_io.render_srgb(cap)`
+  (or the same window of it when `cap` was cropped with `crop_capture`).
+  """
+  check_protocol(protocol)
+  srgb = np.asarray(srgb_uint8)
+  upright = apply_orientation(cap.mosaic, cap.orientation).shape
+  if srgb.dtype != np.uint8 or srgb.shape != upright + (3,):
+    raise ValueError(f"{cap.path}: sRGB render must be uint8 {upright + (3,)} (upright, "
+                     f"same size as the mosaic), got {srgb.dtype} {srgb.shape}")
+  meta = _meta(cap, protocol)
+
+  if protocol == "packed":
+    mos = np.ascontiguousarray(apply_orientation(normalized_mosaic(cap), cap.orientation))
+    raw = np.asarray(bayer.pack(mos, meta["oriented_pattern"]), np.float32)
+    rgb = area_downsample2(srgb.astype(np.float32) / 255.0)
+    meta.update(packed_order=list(bayer.PACKED_ORDER), rgb_source="render")
+    return dict(raw=raw, rgb=rgb, meta=meta)
+
+  raw = white_balance(linear_rgb(cap), cap.wb)
+  if protocol == "invisp":
+    raw = np.asarray(tone.gamma_compress(raw, GAMMA), np.float32)
+    meta.update(gamma=GAMMA)
+  raw = np.ascontiguousarray(apply_orientation(raw, cap.orientation))
+  rgb = jpeg_roundtrip(srgb, JPEG_QUALITY).astype(np.float32) / 255.0
+  meta.update(jpeg_quality=JPEG_QUALITY, rgb_source="render_jpeg")
+  return dict(raw=raw, rgb=rgb, meta=meta)

@@ -1,0 +1,1 @@
+"""Diffusion math: noise schedules, forward process, losses and samplers."""

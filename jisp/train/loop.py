@@ -1,0 +1,225 @@
+"""The one train loop, shared by every task.
+
+One jit-compiled step over a 1-D 'data' mesh: the global batch is sharded over every
+device of every process, parameters and optimiser state are replicated, and the state
+is donated so it is updated in place. Each process feeds only its share of the batch.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+
+from jisp import tasks
+from jisp.train import checkpoint, distributed, mesh as mesh_lib, optim, sources
+from jisp.train import state as state_lib
+from jisp.train.metrics_log import MetricsLog
+
+
+class NonFiniteLoss(RuntimeError):
+  """Training produced NaN/inf; the last good checkpoint is kept."""
+
+
+def ema_update(ema, params, decay, step):
+  # Warm-up of the decay so early EMA weights are not dominated by the random init.
+  d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+  return jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
+
+
+def make_train_step(task, tx, lr_fn, ema_decay):
+  def train_step(state, batch):
+    rng, step_rng = jax.random.split(state.rng)
+    (loss, aux), grads = jax.value_and_grad(task.loss, has_aux=True)(state.params, batch, step_rng)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(
+        step=state.step + 1, params=params, opt_state=opt_state, rng=rng,
+        ema_params=ema_update(state.ema_params, params, ema_decay, state.step))
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": lr_fn(state.step)}
+    metrics.update(aux)
+    return new_state, metrics
+  return train_step
+
+
+def make_eval_step(task):
+  def eval_step(params, batch, rng):
+    return task.eval_metrics(params, batch, rng)
+  return eval_step
+
+
+def compile_train_step(task, tx, lr_fn, config, mesh, state_sharding):
+  batch_sh = jax.tree.map(lambda _: mesh_lib.batch_sharding(mesh), task.batch_spec(config.batch_size))
+  return jax.jit(make_train_step(task, tx, lr_fn, config.optim.ema_decay),
+                 in_shardings=(state_sharding, batch_sh),
+                 out_shardings=(state_sharding, mesh_lib.replicated(mesh)),
+                 donate_argnums=(0,))
+
+
+def init_state(task, tx, config, mesh):
+  """Replicated TrainState built directly on the mesh (no host round trip)."""
+  create = functools.partial(state_lib.create, task, tx)
+  shapes = jax.eval_shape(create, jax.random.PRNGKey(config.seed))
+  state_sharding = jax.tree.map(lambda _: mesh_lib.replicated(mesh), shapes)
+  state = jax.jit(create, out_shardings=state_sharding)(jax.random.PRNGKey(config.seed))
+  return state, state_sharding
+
+
+class _StopFlag:
+  """SIGTERM sets the flag; the loop checkpoints and exits cleanly at the next step."""
+
+  def __init__(self):
+    self.set = False
+    self._prev = None
+
+  def install(self):
+    def handler(signum, frame):
+      self.set = True
+    self._prev = signal.signal(signal.SIGTERM, handler)
+
+  def restore(self):
+    if self._prev is not None:
+      signal.signal(signal.SIGTERM, self._prev)
+
+
+def _finite_or_raise(step, metrics, last_good):
+  for k in ("loss", "grad_norm"):
+    v = float(metrics[k])
+    if not math.isfinite(v):
+      where = f"step {last_good}" if last_good is not None else "none yet"
+      raise NonFiniteLoss(f"non-finite {k} ({v}) at step {step}; training stopped, "
+                          f"last good checkpoint kept: {where}")
+
+
+def _any_process(flag: bool) -> bool:
+  if jax.process_count() == 1:
+    return flag
+  flags = multihost_utils.process_allgather(np.array([flag], np.int32))
+  return bool(np.any(flags))
+
+
+def train(config, workdir: str) -> dict:
+  """Train (or resume) `config` in `workdir`. Returns a small summary dict."""
+  distributed.initialize()
+  workdir = os.path.abspath(workdir)
+  is_main = jax.process_index() == 0
+  task = tasks.get_task(config)
+  mesh = mesh_lib.make_mesh()
+  n_dev = jax.device_count()
+  if config.batch_size % n_dev:
+    from jisp.config_utils import ConfigError
+    raise ConfigError(f"bad value for config key 'batch_size': {config.batch_size} is not "
+                      f"divisible by the {n_dev} devices of the mesh")
+  local_batch = config.batch_size // jax.process_count()
+
+  tx, lr_fn = optim.make_optimizer(config.optim, config.num_steps)
+  state, state_sharding = init_state(task, tx, config, mesh)
+  n_params = state_lib.param_count(state.params)
+  if is_main:
+    print(f"jisp train: task={task.name} params={n_params:,} devices={n_dev} "
+          f"processes={jax.process_count()} global_batch={config.batch_size} workdir={workdir}",
+          flush=True)
+    os.makedirs(workdir, exist_ok=True)
+    _write_json_atomic(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+
+  source = sources.make_source(config, "train", local_batch=local_batch,
+                               process_index=jax.process_index(),
+                               process_count=jax.process_count())
+  ckpt = checkpoint.Checkpointer(workdir, keep=config.get("keep_checkpoints", 3))
+  log = MetricsLog(workdir, is_main, config.num_steps)
+
+  start = ckpt.latest_step()
+  last_good = start
+  if start is not None:
+    state, data_state = ckpt.restore(start, state)
+    source.set_state(data_state["source"])
+    log.event(event="resume", step=int(start))
+    if is_main:
+      print(f"jisp train: resumed from checkpoint step {start}", flush=True)
+  start = start or 0
+
+  train_step = compile_train_step(task, tx, lr_fn, config, mesh, state_sharding)
+  eval_step = jax.jit(make_eval_step(task))
+  eval_batches = None
+
+  stop = _StopFlag()
+  stop.install()
+  t_last, step_last = time.time(), start
+  prev = None
+  step = start
+  try:
+    for step in range(start + 1, config.num_steps + 1):
+      batch = mesh_lib.to_global(source.next(), mesh)
+      state, metrics = train_step(state, batch)
+      # Check the previous step's loss while this one runs: catches NaN within one
+      # step without a host sync on every step.
+      if prev is not None:
+        _finite_or_raise(prev[0], prev[1], last_good)
+      prev = (step, metrics)
+
+      if step % config.log_every == 0 or step == config.num_steps:
+        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        _finite_or_raise(step, m, last_good)
+        now = time.time()
+        sps = (step - step_last) / max(now - t_last, 1e-9)
+        m["steps_per_s"] = sps
+        m["patches_per_s"] = sps * config.batch_size
+        t_last, step_last = now, step
+        log.write(step, m)
+        log.progress(step, {"loss": m["loss"], "lr": m["lr"], "steps/s": sps})
+
+      if step % config.eval_every == 0 or step == config.num_steps:
+        if eval_batches is None:
+          eval_batches = _eval_batches(config, local_batch, mesh)
+        ev = _evaluate(eval_step, state.ema_params, eval_batches, config.seed)
+        log.write(step, {f"eval/{k}": v for k, v in ev.items()})
+
+      stopping = _any_process(stop.set) if (jax.process_count() == 1 or step % config.log_every == 0) else False
+      if step % config.checkpoint_every == 0 or step == config.num_steps or stopping:
+        _finite_or_raise(step, jax.device_get(metrics), last_good)
+        ckpt.save(step, state, {"source": source.get_state()}, force=stopping)
+        last_good = step
+      if stopping:
+        if is_main:
+          print(f"jisp train: SIGTERM received; checkpoint written at step {step}, exiting",
+                flush=True)
+        break
+  finally:
+    ckpt.close()
+    log.close()
+    source.close()
+    stop.restore()
+  return {"step": int(step), "params": n_params, "workdir": workdir}
+
+
+def _eval_batches(config, local_batch, mesh):
+  src = sources.make_source(config, "test", local_batch=local_batch,
+                            process_index=jax.process_index(),
+                            process_count=jax.process_count(), train=False)
+  out = [mesh_lib.to_global(src.next(), mesh) for _ in range(config.get("eval_batches", 2))]
+  src.close()
+  return out
+
+
+def _evaluate(eval_step, params, batches, seed):
+  totals = {}
+  for i, b in enumerate(batches):
+    m = eval_step(params, b, jax.random.PRNGKey(seed + 1000 + i))
+    for k, v in jax.device_get(m).items():
+      totals[k] = totals.get(k, 0.0) + float(v)
+  return {k: v / len(batches) for k, v in totals.items()}
+
+
+def _write_json_atomic(path, obj):
+  tmp = f"{path}.tmp.{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)

@@ -1,0 +1,33 @@
+"""Test environment: must run before anything imports jax or tensorflow."""
+import os
+
+# 8 fake CPU devices for sharding tests; an unknown XLA flag would kill the process,
+# so only this well-known one is set.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # hide GPUs from TF
+os.environ.setdefault("JAX_ENABLE_X64", "0")
+
+import pathlib
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def repo_root():
+  return REPO
+
+
+@pytest.fixture(scope="session")
+def raw_dir():
+  """Folder of real camera RAW files (JISP_RAW_DIR); tests that need it skip without it."""
+  d = os.environ.get("JISP_RAW_DIR")
+  if not d:
+    pytest.skip("JISP_RAW_DIR not set: real-camera tests skipped")
+  p = pathlib.Path(d)
+  if not p.is_dir():
+    pytest.skip(f"JISP_RAW_DIR={d} is not a directory")
+  return p

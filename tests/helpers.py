@@ -1,0 +1,50 @@
+"""Shared helpers for tests that run `jisp` in subprocesses."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# The smallest U-Net that still has every part (attention, down/up-sampling, skips):
+# keeps each compile to seconds on a 2-core CPU.
+MICRO = [
+    "--config.model.base_channels=8", "--config.model.num_groups=4",
+    "--config.batch_size=8", "--config.data.patch_size=16",
+    "--config.eval_every=1000", "--config.eval_batches=1",
+]
+
+
+def env(devices: int = 2, **extra) -> dict:
+  e = dict(os.environ)
+  e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  e["JAX_PLATFORMS"] = "cpu"
+  e.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".pytest_cache" / "jax_cache"))
+  e.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  e["PYTHONUNBUFFERED"] = "1"
+  e.update({k: str(v) for k, v in extra.items()})
+  return e
+
+
+def jisp_cmd(*args) -> list[str]:
+  return [sys.executable, "-m", "jisp", *args]
+
+
+def run_jisp(*args, devices=2, timeout=600, check=True, **extra_env):
+  p = subprocess.run(jisp_cmd(*args), env=env(devices, **extra_env), cwd=REPO,
+                     capture_output=True, text=True, timeout=timeout)
+  if check and p.returncode != 0:
+    raise AssertionError(f"jisp {' '.join(args)} failed ({p.returncode}):\n{p.stderr[-3000:]}")
+  return p
+
+
+def losses(workdir) -> dict[int, float]:
+  from jisp.train.metrics_log import read_metrics
+  return {r["step"]: r["loss"] for r in read_metrics(pathlib.Path(workdir) / "metrics.jsonl")
+          if "loss" in r}
+
+
+def raw_lines(workdir) -> list[dict]:
+  with open(pathlib.Path(workdir) / "metrics.jsonl") as f:
+    return [json.loads(l) for l in f if l.strip()]
