@@ -1,0 +1,79 @@
+"""`jisp bench train`: speed of the one train step, on 1 device and on all local devices.
+
+Prints one JSON line per measurement. Inputs are random arrays of the task's batch shape
+(no data pipeline, no TensorFlow), so it runs on any accelerator image with JAX.
+GFLOP/s is XLA's own count of the compiled step (cost analysis) over measured time.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jisp import tasks
+from jisp.train import loop, mesh as mesh_lib, optim
+
+
+def compiled_flops(compiled, num_devices: int) -> float:
+  """Total FLOPs of one call of a compiled (possibly SPMD-partitioned) computation."""
+  ca = compiled.cost_analysis()
+  if isinstance(ca, (list, tuple)):
+    ca = ca[0]
+  # An SPMD-partitioned executable reports the cost of one partition.
+  return float(ca.get("flops", 0.0)) * num_devices
+
+
+def _random_batch(spec, mesh, seed=0):
+  rng = np.random.default_rng(seed)
+  local = {k: rng.random(s.shape, np.float32) for k, s in spec.items()}
+  return mesh_lib.to_global(local, mesh)
+
+
+def bench_train(config, steps: int = 5, json_out: bool = False, device_counts=None) -> list[dict]:
+  task = tasks.get_task(config)
+  tx, lr_fn = optim.make_optimizer(config.optim, config.num_steps)
+  counts = device_counts or sorted({1, jax.local_device_count()})
+  results = []
+  for n in counts:
+    if config.batch_size % n:
+      print(f"jisp bench: skipping {n} devices: batch {config.batch_size} not divisible",
+            file=sys.stderr)
+      continue
+    mesh = mesh_lib.make_mesh(n)
+    state, state_sh = loop.init_state(task, tx, config, mesh)
+    batch = _random_batch(task.batch_spec(config.batch_size), mesh)
+    step_fn = loop.compile_train_step(task, tx, lr_fn, config, mesh, state_sh)
+    t0 = time.perf_counter()
+    compiled = step_fn.lower(state, batch).compile()
+    compile_s = time.perf_counter() - t0
+    flops = compiled_flops(compiled, n)
+    state, m = compiled(state, batch)   # warm-up
+    jax.block_until_ready(m)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      state, m = compiled(state, batch)
+    jax.block_until_ready(m)
+    dt = (time.perf_counter() - t0) / steps
+    rec = {
+        "bench": "train", "task": task.name, "devices": n,
+        "platform": jax.devices()[0].platform, "device_kind": jax.devices()[0].device_kind,
+        "batch": config.batch_size, "patch": config.data.patch_size,
+        "seconds_per_step": round(dt, 4), "patches_per_s": round(config.batch_size / dt, 2),
+        "gflop_per_step": round(flops / 1e9, 2), "achieved_gflops": round(flops / dt / 1e9, 2),
+        "compile_s": round(compile_s, 2), "timed_steps": steps,
+        "loss_finite": bool(np.isfinite(float(m["loss"]))), "host": platform.node(),
+    }
+    results.append(rec)
+    if json_out:
+      print(json.dumps(rec), flush=True)
+    else:
+      print(f"train step on {n} {rec['platform']} device(s): {rec['patches_per_s']} patches/s, "
+            f"{rec['achieved_gflops']} GFLOP/s ({rec['seconds_per_step']} s/step, "
+            f"compile {rec['compile_s']} s)", flush=True)
+    del state, batch, compiled
+  return results

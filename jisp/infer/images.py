@@ -1,0 +1,154 @@
+"""Reading the sRGB inputs of `jisp reconstruct` and writing its TIFF / PNG outputs.
+
+JPEG / PNG / TIFF, 8 or 16 bit, are read upright (EXIF orientation applied) into float32
+(H, W, 3) in [0, 1]. TIFFs go through tifffile (PIL cannot hold 16-bit RGB), everything
+else through PIL. Inputs the network cannot serve -- grayscale, CMYK, unreadable files --
+raise `ImageError`, one line naming the file. PIL and tifffile are imported when used.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+_TIFF_EXT = (".tif", ".tiff")
+_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+class ImageError(ValueError):
+  """An input image that cannot be used; str() is one line naming the file."""
+
+  def __init__(self, path, reason: str):
+    self.path = str(path)
+    super().__init__(f"{self.path}: {' '.join(str(reason).split())}")
+
+
+def _orient(a: np.ndarray, orientation: int) -> np.ndarray:
+  """EXIF orientation 1..8 -> the upright array (the mapping of PIL.ImageOps.exif_transpose
+  and jisp.data.raw_io.apply_orientation). An out-of-range tag is ignored, as readers do."""
+  ops = {1: lambda x: x, 2: lambda x: x[:, ::-1], 3: lambda x: x[::-1, ::-1],
+         4: lambda x: x[::-1], 5: lambda x: np.swapaxes(x, 0, 1),
+         6: lambda x: np.rot90(x, -1), 7: lambda x: np.swapaxes(x[::-1, ::-1], 0, 1),
+         8: lambda x: np.rot90(x, 1)}
+  return np.ascontiguousarray(ops.get(int(orientation), ops[1])(a))
+
+
+def _to_float(a: np.ndarray, path) -> np.ndarray:
+  if a.dtype == np.uint8:
+    return a.astype(np.float32) / 255.0
+  if a.dtype == np.uint16:
+    return a.astype(np.float32) / 65535.0
+  if a.dtype.kind == "f":
+    return np.clip(np.nan_to_num(a.astype(np.float32)), 0.0, 1.0)
+  raise ImageError(path, f"unsupported sample type {a.dtype} (expected 8- or 16-bit)")
+
+
+def _read_tiff(path: Path):
+  import tifffile
+  try:
+    with tifffile.TiffFile(path) as tf:
+      page = tf.pages[0]
+      photometric = getattr(page.photometric, "name", str(page.photometric))
+      orient_tag = page.tags.get(274)
+      orientation = int(orient_tag.value) if orient_tag is not None else 1
+      arr = page.asarray()
+  except Exception as e:  # tifffile raises many types for broken files
+    raise ImageError(path, f"unreadable TIFF ({type(e).__name__}: {e})") from None
+  if photometric == "SEPARATED":
+    raise ImageError(path, "CMYK image: convert it to RGB first")
+  if photometric in ("MINISBLACK", "MINISWHITE") or arr.ndim == 2:
+    raise ImageError(path, "grayscale image: reconstruction needs an RGB image")
+  if photometric != "RGB" or arr.ndim != 3 or arr.shape[-1] not in (3, 4):
+    raise ImageError(path, f"unsupported TIFF ({photometric}, shape {arr.shape}); "
+                     "expected 3-channel RGB")
+  bits = {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16}.get(arr.dtype, 32)
+  return _orient(_to_float(arr[..., :3], path), orientation), bits
+
+
+def _read_pil(path: Path):
+  from PIL import Image, ImageOps, UnidentifiedImageError
+  try:
+    with Image.open(path) as im:
+      im.load()
+      mode = im.mode
+      if mode == "CMYK":
+        raise ImageError(path, "CMYK image: convert it to RGB first")
+      if mode in _GRAY_MODES:
+        raise ImageError(path, f"grayscale image (mode {mode}): reconstruction needs RGB")
+      if mode == "P":  # palette: fine if its colours are colours
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+      im = ImageOps.exif_transpose(im)
+      if im.mode in ("RGBA", "RGBX", "RGBa"):
+        im = im.convert("RGB")
+      if im.mode not in ("RGB",):
+        raise ImageError(path, f"unsupported image mode {im.mode}; expected RGB")
+      arr = np.asarray(im)
+  except ImageError:
+    raise
+  except UnidentifiedImageError:
+    raise ImageError(path, "not an image file PIL can read (JPEG, PNG, TIFF expected)") from None
+  except (OSError, ValueError, SyntaxError) as e:  # truncated / corrupt data
+    raise ImageError(path, f"unreadable image ({type(e).__name__}: {e})") from None
+  return _to_float(arr, path), 8
+
+
+def read_image(path) -> tuple[np.ndarray, int]:
+  """(float32 (H, W, 3) upright in [0, 1], bits per sample) of a JPEG / PNG / TIFF."""
+  path = Path(path)
+  if not path.is_file():
+    raise ImageError(path, "no such file")
+  if path.stat().st_size == 0:
+    raise ImageError(path, "empty file (0 bytes)")
+  with open(path, "rb") as f:
+    magic = f.read(4)
+  if magic in (b"II*\x00", b"MM\x00*"):
+    img, bits = _read_tiff(path)
+  else:
+    img, bits = _read_pil(path)
+  if img.shape[0] < 2 or img.shape[1] < 2:
+    raise ImageError(path, f"image is {img.shape[1]}x{img.shape[0]}, too small")
+  return img, bits
+
+
+def _atomic_bytes(path, data: bytes) -> Path:
+  path = Path(path)
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+  except BaseException:
+    Path(tmp).unlink(missing_ok=True)
+    raise
+  return path
+
+
+def to_uint8(img) -> np.ndarray:
+  return np.round(np.clip(np.asarray(img, np.float32), 0, 1) * 255.0).astype(np.uint8)
+
+
+def to_uint16(img) -> np.ndarray:
+  return np.round(np.clip(np.asarray(img, np.float32), 0, 1) * 65535.0).astype(np.uint16)
+
+
+def write_png(path, img) -> Path:
+  """8-bit RGB PNG of a float image in [0, 1] (or uint8), written atomically."""
+  import io
+  from PIL import Image
+  a = np.asarray(img)
+  a = a if a.dtype == np.uint8 else to_uint8(a)
+  buf = io.BytesIO()
+  Image.fromarray(np.ascontiguousarray(a)).save(buf, format="PNG")
+  return _atomic_bytes(path, buf.getvalue())
+
+
+def write_tiff16(path, img) -> Path:
+  """16-bit RGB TIFF of a float image in [0, 1], written atomically."""
+  import io
+  import tifffile
+  buf = io.BytesIO()
+  tifffile.imwrite(buf, to_uint16(img), photometric="rgb", metadata=None)
+  return _atomic_bytes(path, buf.getvalue())
