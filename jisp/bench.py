@@ -77,3 +77,67 @@ def bench_train(config, steps: int = 5, json_out: bool = False, device_counts=No
             f"compile {rec['compile_s']} s)", flush=True)
     del state, batch, compiled
   return results
+
+
+def bench_data(config, steps: int = 20, json_out: bool = False) -> list[dict]:
+  """Input pipeline vs train step: can the pipeline keep the step fed?
+
+  Three measurements: (1) patches/s the pipeline alone delivers, (2) patches/s of the
+  train step alone on a fixed batch, (3) a real training run of `steps` steps reading from
+  the pipeline, with the fraction of wall time the host spends waiting for the next batch
+  (time in source.next() + host->device transfer). JAX dispatch is asynchronous, so
+  fetching overlaps the previous step; a wait fraction near 0 means data is not the
+  bottleneck.
+  """
+  from jisp.train import sources
+  if not config.data.dir:
+    from jisp.config_utils import ConfigError
+    raise ConfigError("jisp bench data needs --config.data.dir=PREPARED_DIR")
+  mesh = mesh_lib.make_mesh()
+  task = tasks.get_task(config)
+  tx, lr_fn = optim.make_optimizer(config.optim, config.num_steps)
+  results = []
+
+  def emit(rec):
+    results.append(rec)
+    print(json.dumps(rec) if json_out else
+          " ".join(f"{k}={v}" for k, v in rec.items()), flush=True)
+
+  src = sources.make_source(config, "train", local_batch=config.batch_size,
+                            process_index=0, process_count=1)
+  src.next()  # build the pipeline and fill prefetch buffers once
+  n = max(steps, 10)
+  t0 = time.perf_counter()
+  for _ in range(n):
+    src.next()
+  dt = time.perf_counter() - t0
+  emit({"bench": "data", "what": "pipeline_only", "batch": config.batch_size,
+        "patch": config.data.patch_size, "patches_per_s": round(n * config.batch_size / dt, 1)})
+
+  state, state_sh = loop.init_state(task, tx, config, mesh)
+  step_fn = loop.compile_train_step(task, tx, lr_fn, config, mesh, state_sh)
+  batch = mesh_lib.to_global(src.next(), mesh)
+  state, m = step_fn(state, batch)
+  jax.block_until_ready(m)
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    state, m = step_fn(state, batch)
+  jax.block_until_ready(m)
+  step_dt = (time.perf_counter() - t0) / steps
+  emit({"bench": "data", "what": "train_step_only", "devices": jax.device_count(),
+        "patches_per_s": round(config.batch_size / step_dt, 1)})
+
+  wait = 0.0
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    tw = time.perf_counter()
+    batch = mesh_lib.to_global(src.next(), mesh)
+    wait += time.perf_counter() - tw
+    state, m = step_fn(state, batch)
+  jax.block_until_ready(m)
+  total = time.perf_counter() - t0
+  emit({"bench": "data", "what": "train_from_pipeline", "devices": jax.device_count(),
+        "patches_per_s": round(steps * config.batch_size / total, 1),
+        "wait_fraction": round(wait / total, 4)})
+  src.close()
+  return results

@@ -60,6 +60,10 @@ def cmd_bench(args, rest) -> int:
   if args.what == "train":
     bench.bench_train(cfg, steps=args.steps, json_out=args.json)
     return 0
+  if args.what == "data":
+    _quiet_tf()
+    bench.bench_data(cfg, steps=max(args.steps, 10), json_out=args.json)
+    return 0
   raise SystemExit(f"jisp: error: bench {args.what!r} is not available yet")
 
 

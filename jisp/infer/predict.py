@@ -135,6 +135,12 @@ class PatchPredictor:
       self.compile_seconds[batch] = time.perf_counter() - t0
     return self._compiled[batch]
 
+  def warm(self, n: int) -> float:
+    """Compiles the chunk size `n` patches will use; returns its compile seconds."""
+    b = self.chunk_size(n)
+    self.compiled(b)
+    return self.compile_seconds[b]
+
   def put(self, x) -> jax.Array:
     return jax.device_put(np.asarray(x, np.float32), self._bsh)
 
@@ -160,7 +166,8 @@ class PatchPredictor:
       if e - s < b:  # pad the last chunk: same static shape, no recompile
         pad = ((0, b - (e - s)), (0, 0), (0, 0), (0, 0))
         r, z = np.pad(r, pad), np.pad(z, pad)
-      y = fn(self.params, self.put(r), self.put(z), jax.random.fold_in(key, i))
+      k = jax.device_put(jax.random.fold_in(key, i), self._rep)
+      y = fn(self.params, self.put(r), self.put(z), k)
       if pending is not None:
         self._fetch(out, *pending, progress)
       pending = (y, s, e)

@@ -1,0 +1,83 @@
+"""InvISP (Xing et al.), RAW <-> sRGB with one invertible flow, FiveK Nikon D700 setting.
+
+Facts from the official code (yzxing87/Invertible-ISP, train.py, config/config.py,
+dataset/FiveK_dataset.py, model/model.py): 8 blocks of (LU 1x1 conv, affine coupling with
+dense-block subnets of growth 32, scale clamp 0.8); Adam lr 1e-4 (betas 0.9/0.999); batch
+1; 256x256 random crops with flip + rot90; 300 epochs of one crop per training file;
+MultiStepLR milestones at epochs 50 and 80, gamma 0.5; no EMA, no gradient clipping;
+loss = |f(raw) - rgb|_1 + |f^-1(DiffJPEG_q90(f(raw))) - raw|_1. Epochs -> steps with the
+official split lists (jisp/data/splits): Nikon D700 414 training files, so 300 x 414 =
+124,200 steps with the LR halved at steps 20,700 and 33,120.
+
+Camera switch: --config.data.camera=canon selects the Canon EOS 5D data; its schedule
+(650 training files per epoch) is configs/invisp_fivek_canon.py.
+Batch 1 cannot be split over several devices: on a multi-device host use
+JISP_CPU_DEVICES=1 (CPU) or one GPU, or raise batch_size to the device count.
+
+Rounding: the paper's Eq. 10 with K = 10 terms (the paper's value; set
+--config.jpeg.fourier_terms=9 for the official code's value).
+"""
+import ml_collections
+
+NIKON_TRAIN_FILES = 414
+EPOCHS = 300
+MILESTONE_EPOCHS = (50, 80)
+
+
+def schedule(train_files):
+  """(num_steps, LR milestones in steps) of the official per-epoch schedule, batch 1."""
+  return EPOCHS * train_files, tuple(e * train_files for e in MILESTONE_EPOCHS)
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.task = "flow_isp"
+  c.seed = 0
+  c.batch_size = 1
+  c.num_steps, milestones = schedule(NIKON_TRAIN_FILES)
+  c.log_every = 100
+  c.checkpoint_every = NIKON_TRAIN_FILES * 10   # the official code saves every 10 epochs
+  c.eval_every = NIKON_TRAIN_FILES * 10
+  c.eval_batches = 8
+  c.keep_checkpoints = 3
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "synthetic"  # "shards" with data.dir (jisp prepare --protocol invisp)
+  c.data.dir = ""
+  c.data.camera = "nikon"      # FiveK subset: "nikon" (D700) or "canon" (EOS 5D)
+  c.data.protocol = "invisp"   # demosaiced, white-balanced, gamma 1/2.2 RAW; sRGB JPEG q90
+  c.data.patch_size = 256
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "invisp_flow"
+  c.model.num_blocks = 8
+  c.model.growth = 32
+  c.model.clamp = 0.8
+  c.model.zero_init_last = False  # official: xavier everywhere (see jisp/models/flow.py)
+  c.model.precision = "highest"
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.raw_weight = 1.0          # lambda of Eq. 8
+  c.loss.simulator = "jpeg"        # "jpeg" | "none" | "codec" (video)
+
+  c.jpeg = ml_collections.ConfigDict()
+  c.jpeg.quality = 90
+  c.jpeg.subsampling = "4:2:0"
+  c.jpeg.rounding = "fourier"      # fourier | ste | dsq | cubic | round
+  c.jpeg.fourier_terms = 10
+  c.jpeg.dsq_k = 10.0
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adam"
+  c.optim.peak_lr = 1e-4
+  c.optim.end_lr = 2.5e-5          # informational: 1e-4 after two halvings
+  c.optim.warmup_steps = 0
+  c.optim.schedule = "piecewise_constant"
+  c.optim.milestones = milestones
+  c.optim.milestone_factor = 0.5
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.weight_decay = 0.0
+  c.optim.grad_clip_norm = 0.0
+  c.optim.ema_decay = 0.0          # no EMA in the official code (EMA params == params)
+  return c
