@@ -67,6 +67,22 @@ def get_config():
   c.jpeg.fourier_terms = 10
   c.jpeg.dsq_k = 10.0
 
+  # Video InvISP (window > 1, odd): clips cut from still patches by random pan/zoom; see
+  # configs/invisp_video_tiny.py. window = 1 is the image flow.
+  c.video = ml_collections.ConfigDict()
+  c.video.window = 1
+  c.video.frame_size = 0           # 0: data.patch_size
+  c.video.max_pan = 2.0            # px per frame
+  c.video.max_zoom = 0.02          # scale change per frame
+
+  # Codec simulator (loss.simulator = "codec"): CRF-scaled tables, random macroblock motion.
+  c.codec = ml_collections.ConfigDict()
+  c.codec.crf = 23.0
+  c.codec.max_motion = 1.0         # M: the paper's best dominant shift (Table 5)
+  c.codec.jitter = 0.1
+  c.codec.intra_prob = 0.5
+  c.codec.macroblock = 16
+
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adam"
   c.optim.peak_lr = 1e-4

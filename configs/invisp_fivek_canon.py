@@ -1,21 +1,15 @@
 """InvISP on the FiveK Canon EOS 5D subset: 650 official training files per epoch, so
-300 x 650 = 195,000 steps with the LR halved at 32,500 and 52,000 (epochs 50 and 80)."""
-import importlib.util
+300 x 650 = 195,000 steps with the LR halved at steps 32,500 and 52,000 (epochs 50, 80)."""
 import pathlib
+from jisp.config_utils import load_config_file
 
-
-def _base():
-  path = pathlib.Path(__file__).with_name("invisp_fivek.py")
-  spec = importlib.util.spec_from_file_location("invisp_fivek_base", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+TRAIN_FILES = 650
 
 
 def get_config():
-  base = _base()
-  c = base.get_config()
+  c = load_config_file(pathlib.Path(__file__).with_name("invisp_fivek.py"))
   c.data.camera = "canon"
-  c.num_steps, c.optim.milestones = base.schedule(650)
-  c.checkpoint_every = c.eval_every = 650 * 10
+  c.num_steps = 300 * TRAIN_FILES
+  c.optim.milestones = (50 * TRAIN_FILES, 80 * TRAIN_FILES)
+  c.checkpoint_every = c.eval_every = 10 * TRAIN_FILES
   return c

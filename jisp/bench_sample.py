@@ -31,8 +31,8 @@ import numpy as np
 
 from jisp import tasks
 from jisp.infer import predict, tiling
+from jisp.infer.args import DEFAULT_IMAGE, add_bench_sample_args  # noqa: F401 (CLI)
 
-DEFAULT_IMAGE = "2012x1324"
 
 
 def _cost_flops(compiled) -> float | None:
@@ -109,7 +109,9 @@ def bench_sample(config, *, sampler=None, steps=None, batch=16, devices=None, wo
     params, source = predict.random_params(task, seed), "random init"
   if sampler is None:
     sampler, steps_default = predict.default_sampler(config)
-    steps = steps if steps is not None else steps_default
+  else:
+    steps_default = predict.DEFAULT_STEPS.get(sampler)
+  steps = steps if steps is not None else steps_default
   if sampler == "ddpm" and steps == task.schedule.num_timesteps:
     steps = None
   nfe = task.nfe(sampler=sampler, steps=steps)
@@ -170,33 +172,6 @@ def bench_sample(config, *, sampler=None, steps=None, batch=16, devices=None, wo
 
 
 # --------------------------------------------------------------------------- CLI
-
-def add_bench_sample_args(p):
-  """Adds `jisp bench sample` options; options the parser already has (--config, --json,
-  --steps of `jisp bench`) are left as they are."""
-  have = set(getattr(p, "_option_string_actions", {}))
-
-  def add(flag, **kw):
-    if flag not in have:
-      p.add_argument(flag, **kw)
-
-  add("--config", required=True, help="config file (configs/*.py)")
-  add("--sampler", default=None, choices=["ddpm", "ddim", "dpm_solver", "dpm_solver_pp"],
-      help="default: the config's sampling.sampler")
-  add("--steps", type=int, default=None, help="sampler steps (NFE for DPM-Solver)")
-  add("--batch", type=int, default=16, help="patches per sampler call (global)")
-  add("--json", action="store_true", help="print one JSON line")
-  add("--workdir", default=None, help="trained run (default: random init)")
-  add("--devices", type=int, default=None, help="local devices to shard over (all)")
-  add("--repeats", type=int, default=2, help="timed runs (median reported)")
-  add("--warmup", type=int, default=1, help="untimed runs after compile")
-  add("--image-size", default=DEFAULT_IMAGE, help="WxH of the image for seconds/image")
-  add("--timed-nfe", type=int, default=None,
-      help="time a prefix of this many NFE and scale (for DDPM 1000 on slow machines)")
-  add("--matmul-n", type=int, default=2048, help="matmul size for the ceiling")
-  add("--seed", type=int, default=0)
-  return p
-
 
 def _human(r: dict) -> str:
   ext = f" (timed on {r['timed_nfe']} NFE, scaled)" if r["extrapolated"] else ""

@@ -55,16 +55,32 @@ def cmd_train(args, rest) -> int:
 
 def cmd_bench(args, rest) -> int:
   overrides = _split_overrides(rest)
+  if args.what == "sample":
+    # No jisp.data anywhere in this path: speed runs on images without TF or rawpy.
+    from jisp import bench_sample
+    cfg = None if args.workdir else _load_config(args.config, overrides)
+    args.overrides = overrides
+    return bench_sample.run_bench_sample(args, config=cfg)
   cfg = _load_config(args.config, overrides)
   from jisp import bench
   if args.what == "train":
     bench.bench_train(cfg, steps=args.steps, json_out=args.json)
     return 0
-  if args.what == "data":
-    _quiet_tf()
-    bench.bench_data(cfg, steps=max(args.steps, 10), json_out=args.json)
-    return 0
-  raise SystemExit(f"jisp: error: bench {args.what!r} is not available yet")
+  _quiet_tf()
+  bench.bench_data(cfg, steps=max(args.steps, 10), json_out=args.json)
+  return 0
+
+
+def cmd_reconstruct(args, rest) -> int:
+  _split_overrides(rest)
+  from jisp.infer import reconstruct
+  return reconstruct.run_reconstruct(args)
+
+
+def cmd_eval(args, rest) -> int:
+  _split_overrides(rest)
+  from jisp.infer import evaluate
+  return evaluate.run_eval(args)
 
 
 def cmd_demo(args, rest) -> int:
@@ -92,12 +108,27 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--process-id", type=int, default=None)
   t.set_defaults(func=cmd_train)
 
+  from jisp.infer import args as infer_args  # argparse only: keeps --help instant
   b = sub.add_parser("bench", help="speed benchmarks, one JSON line per measurement")
-  b.add_argument("what", choices=["train", "sample", "data"])
-  b.add_argument("--config", required=True)
-  b.add_argument("--steps", type=int, default=5, help="timed steps after warm-up")
-  b.add_argument("--json", action="store_true", help="print JSON lines only")
-  b.set_defaults(func=cmd_bench)
+  bsub = b.add_subparsers(dest="what", required=True)
+  for what, doc in (("train", "patches/s and GFLOP/s of the train step, 1 and all local devices"),
+                    ("data", "input pipeline vs train step; wait fraction")):
+    bp = bsub.add_parser(what, help=doc)
+    bp.add_argument("--config", required=True)
+    bp.add_argument("--steps", type=int, default=5, help="timed steps after warm-up")
+    bp.add_argument("--json", action="store_true", help="print JSON lines only")
+    bp.set_defaults(func=cmd_bench)
+  bs = bsub.add_parser("sample", help="compiled sampler speed (no TF/rawpy needed)")
+  infer_args.add_bench_sample_args(bs)
+  bs.set_defaults(func=cmd_bench)
+
+  r = sub.add_parser("reconstruct", help="sRGB images -> DNG (+ preview PNG, 16-bit TIFF)")
+  infer_args.add_reconstruct_args(r)
+  r.set_defaults(func=cmd_reconstruct)
+
+  e = sub.add_parser("eval", help="RAW PSNR / SSIM of a run on held-out images; report.png")
+  infer_args.add_eval_args(e)
+  e.set_defaults(func=cmd_eval)
 
   d = sub.add_parser("demo", help="a real end-to-end run on data made offline")
   d.add_argument("--out", default="demo_out", help="folder for everything the demo writes")
@@ -130,6 +161,9 @@ def main(argv=None) -> int:
   except FileNotFoundError as e:
     print(f"jisp: error: {e}", file=sys.stderr)
     return 2
+  except KeyboardInterrupt:
+    print("jisp: interrupted", file=sys.stderr)
+    return 130
   except Exception as e:
     from jisp.train.loop import NonFiniteLoss
     if isinstance(e, NonFiniteLoss):

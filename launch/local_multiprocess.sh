@@ -5,9 +5,12 @@
 #   launch/local_multiprocess.sh N CONFIG WORKDIR [--config.a.b=value ...]
 #
 # Env: JISP_DEVICES_PER_PROCESS (default 8/N, at least 1), JISP_PORT (default: a free
-# port), JISP_PYTHON (default: python3 on PATH). Exits non-zero if any process fails;
-# a process that dies takes the others down (jax.distributed aborts on a lost peer).
-set -euo pipefail
+# port), JISP_PYTHON (default: python3 on PATH).
+# If any process fails or is lost, the others are stopped (they could only hang on the
+# collective until jax.distributed's heartbeat gives up) and the script exits with that
+# process's status, after one line naming it. Checkpoints already written stay valid:
+# re-run the same command to resume.
+set -uo pipefail
 if [ $# -lt 3 ]; then
   echo "usage: $0 N CONFIG WORKDIR [--config.a.b=value ...]" >&2
   exit 2
@@ -17,9 +20,10 @@ PY=${JISP_PYTHON:-python3}
 DEV=${JISP_DEVICES_PER_PROCESS:-$(( 8 / N > 0 ? 8 / N : 1 ))}
 PORT=${JISP_PORT:-$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
 
+declare -A index_of
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup INT TERM
+stop_all() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; }
+trap 'stop_all; wait; exit 143' INT TERM
 
 for ((i = 0; i < N; i++)); do
   XLA_FLAGS="--xla_force_host_platform_device_count=${DEV}" \
@@ -27,10 +31,19 @@ for ((i = 0; i < N; i++)); do
   JISP_COORDINATOR="127.0.0.1:${PORT}" JISP_NUM_PROCESSES="$N" JISP_PROCESS_ID="$i" \
     "$PY" -m jisp train --config "$CONFIG" --workdir "$WORKDIR" "$@" &
   pids+=($!)
+  index_of[$!]=$i
 done
 
-rc=0
-for p in "${pids[@]}"; do
-  if ! wait "$p"; then rc=1; cleanup; fi
+remaining=$N
+while (( remaining > 0 )); do
+  wait -n -p done_pid
+  rc=$?
+  remaining=$((remaining - 1))
+  if (( rc != 0 )); then
+    echo "local_multiprocess: process ${index_of[$done_pid]} (pid $done_pid) exited with status $rc; stopping the other processes" >&2
+    stop_all
+    wait
+    exit "$rc"
+  fi
 done
-exit $rc
+exit 0

@@ -147,3 +147,42 @@ def test_nan_loss_stops_with_message_and_keeps_good_checkpoint(tmp_path):
   cfg = config_utils.load(REPO / CFG, MICRO)
   _, params = checkpoint.restore_params(str(wd), tasks.get_task(cfg))
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
+
+
+def test_lost_peer_stops_the_run_with_one_line_and_keeps_checkpoints(tmp_path):
+  wd = tmp_path / "lost"
+  proc = subprocess.Popen(
+      ["bash", "launch/local_multiprocess.sh", "2", CFG, str(wd), *MICRO,
+       "--config.num_steps=10000", "--config.log_every=1", "--config.checkpoint_every=2"],
+      env=env(2, JISP_PYTHON=os.sys.executable, JISP_DEVICES_PER_PROCESS=1),
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  t0 = time.time()  # wait until a checkpoint is complete (Orbax renames it into place)
+  while not any(p.name.isdigit() for p in (wd / "checkpoints").glob("*")) if (wd / "checkpoints").exists() else True:
+    assert proc.poll() is None and time.time() - t0 < 400
+    time.sleep(0.2)
+  written = sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit())
+  # Kill process 1 the hard way: no chance to say goodbye to its peer.
+  out = subprocess.run(["pgrep", "-f", f"JISP_PROCESS_ID=1|{wd}"], capture_output=True, text=True)
+  victims = []
+  for pid in out.stdout.split():
+    try:
+      environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+    except OSError:
+      continue
+    if b"JISP_PROCESS_ID=1" in environ:
+      victims.append(int(pid))
+  assert victims
+  for pid in victims:
+    os.kill(pid, signal.SIGKILL)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode != 0
+  lines = [l for l in err.splitlines() if l.startswith("local_multiprocess:")]
+  assert len(lines) == 1 and "process 1" in lines[0] and "stopping the other processes" in lines[0]
+  kept = sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit())
+  assert set(written) <= set(kept)
+  # What was written survives the crash and restores (here in one process).
+  from jisp import config_utils, tasks
+  from jisp.train import checkpoint
+  cfg = config_utils.load(REPO / CFG, MICRO)
+  step, _ = checkpoint.restore_params(str(wd), tasks.get_task(cfg))
+  assert step == kept[-1]

@@ -490,3 +490,23 @@ def nfe(name: str, *, num_timesteps=None, **kw) -> int:
   if name == "dpm_solver_pp":
     return int(kw["num_steps"]) + bool(kw.get("denoise_to_zero", False))
   raise ValueError(f"samplers: unknown sampler {name!r} (expected one of {NAMES})")
+
+
+def clip_denoised(eps_fn, schedule: Schedule, lo: float = -1.0, hi: float = 1.0):
+  """Wraps eps_fn so the x0 it implies is clipped to the data range [lo, hi].
+
+  x0 = (x - sigma eps)/alpha is clipped and eps is recomputed from it, so every sampler
+  here (all are written in eps) sees a prediction consistent with bounded data. Standard
+  in DDPM/DDIM sampling (Ho et al.'s `clip_denoised`); it matters most at large t, where
+  1/alpha_t amplifies any eps error (x70 at t=T for the paper's schedule) and an
+  imperfect network would otherwise throw the chain off the data manifold.
+  """
+  def wrapped(x, t):
+    eps = eps_fn(x, t)
+    ab = continuous_alpha_bar(schedule, t.astype(jnp.float32))
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    a = jnp.sqrt(ab).reshape(shape)
+    s = jnp.sqrt(1.0 - ab).reshape(shape)
+    x0 = jnp.clip((x - s * eps) / a, lo, hi)
+    return (x - a * x0) / s
+  return wrapped

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ import jax
 import numpy as np
 
 from jisp.infer import images, metrics, predict, reconstruct, tiling
+from jisp.infer.args import add_eval_args  # noqa: F401 (CLI)
 
 ERROR_SCALE = 0.1  # |error| of 0.1 (10% of the range) is full brightness in the error map
 
@@ -216,16 +216,6 @@ def tiling_table(settings) -> str:
 
 
 # --------------------------------------------------------------------------- CLI
-
-def add_eval_args(p):
-  p.add_argument("--data", required=True,
-                 help="prepared folder (manifest.json: its test split) or a folder of RAWs")
-  p.add_argument("--json", action="store_true", help="print one JSON object")
-  p.add_argument("--max-images", type=int, default=None, help="evaluate the first N only")
-  p.add_argument("--tiling-report", action="store_true",
-                 help="compare grid / overlap / overlap + shared noise on the same images")
-  return reconstruct.add_common_args(p)
-
 
 def run_eval(args) -> int:
   """CLI body; returns the exit status (0 ok, 2 bad run / data)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import time
 from typing import Any
@@ -66,10 +67,17 @@ def load_run(workdir, use_ema: bool = True) -> Run:
   if not os.path.isdir(ckpt_dir) or not any(
       n.isdigit() for n in os.listdir(ckpt_dir)):
     raise RunError(f"{workdir}: no checkpoint in {ckpt_dir} (train first)")
+  absl_log = logging.getLogger("absl")
+  level = absl_log.level
+  # Orbax warns that the checkpoint's "data" item (the data position) is not restored: we
+  # want only the params, so the warning is noise here.
+  absl_log.setLevel(logging.ERROR)
   try:
     step, params = checkpoint.restore_params(workdir, task, use_ema=use_ema)
   except FileNotFoundError as e:
     raise RunError(str(e)) from None
+  finally:
+    absl_log.setLevel(level)
   return Run(workdir, config, task, int(step), params)
 
 
@@ -180,6 +188,10 @@ class PatchPredictor:
     out[s:e] = np.asarray(y)[:e - s]
     if progress is not None:
       progress(e - s)
+
+
+# Steps a sampler gets when named without --steps (DPM-Solver: the paper's 20 NFE).
+DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpm_solver": 20, "dpm_solver_pp": 20}
 
 
 def default_sampler(config) -> tuple[str, int | None]:

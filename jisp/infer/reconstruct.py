@@ -17,7 +17,6 @@ DNGs need even sizes: an odd last row/column is dropped from the DNG only.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import jax
 import numpy as np
 
 from jisp.infer import images, predict, tiling
+from jisp.infer.args import add_common_args, add_reconstruct_args  # noqa: F401 (CLI)
 from jisp.isp import bayer, tone
 
 # XYZ -> linear sRGB (D65), the inverse of LibRaw's sRGB -> XYZ: as a DNG ColorMatrix it says
@@ -189,10 +189,11 @@ def predict_image(predictor, rgb, *, overlap: int, grid: bool, shared_noise: boo
 
 
 def sampler_choice(args, config) -> tuple[str, int | None]:
+  """(sampler, steps): --sampler/--steps, else the run config's sampling block."""
   name, steps = predict.default_sampler(config)
-  if getattr(args, "sampler", None):
+  if getattr(args, "sampler", None) and args.sampler != name:
     name = args.sampler
-    steps = None if name == "ddpm" else 50
+    steps = predict.DEFAULT_STEPS[name]
   if getattr(args, "steps", None) is not None:
     steps = args.steps
   if name == "ddpm" and steps is not None and int(steps) == int(
@@ -215,36 +216,6 @@ def _stems(inputs):
 
 
 # --------------------------------------------------------------------------- CLI
-
-def add_common_args(p, with_workdir=True):
-  if with_workdir:
-    p.add_argument("--workdir", required=True, help="training run (config.json + checkpoints)")
-  p.add_argument("--sampler", default=None,
-                 choices=["ddpm", "ddim", "dpm_solver", "dpm_solver_pp"],
-                 help="default: the run config's sampling.sampler")
-  p.add_argument("--steps", type=int, default=None,
-                 help="sampler steps (NFE for DPM-Solver); ddpm always runs all T")
-  p.add_argument("--overlap", type=int, default=None,
-                 help="pixels shared by neighbouring patches (default patch/4)")
-  p.add_argument("--grid", action="store_true",
-                 help="the paper's protocol: a regular grid of non-overlapping patches")
-  p.add_argument("--shared-noise", action="store_true",
-                 help="one initial noise field per image, shared by overlapping patches")
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--max-batch", type=int, default=256,
-                 help="patches per sampler call (bounds memory)")
-  p.add_argument("--devices", type=int, default=None, help="devices to shard over (all)")
-  p.add_argument("--no-progress", action="store_true")
-  return p
-
-
-def add_reconstruct_args(p):
-  p.add_argument("inputs", nargs="+", metavar="INPUT", help="JPEG / PNG / TIFF images")
-  p.add_argument("-o", "--out", required=True, help="output folder")
-  p.add_argument("--like", default=None, metavar="REFERENCE_RAW",
-                 help="take Bayer layout, levels, white balance and colour matrix from this RAW")
-  return add_common_args(p)
-
 
 def make_predictor(run, args):
   sampler, steps = sampler_choice(args, run.config)
@@ -304,6 +275,6 @@ def run_reconstruct(args) -> int:
       _err("reconstruct", f"{path}: {e}")
       failed += 1
       continue
-    print(f"{path} -> {paths['dng']} ({rgb.shape[1]}x{rgb.shape[0]}, {secs:.1f} s; "
-          f"camera: {desc})", flush=True)
+    print(f"{path} -> {paths['dng']} ({rgb.shape[1]}x{rgb.shape[0]}, {secs:.1f} s; camera: "
+          f"{profile.get('camera', 'default profile')})", flush=True)
   return 1 if failed else 0

@@ -24,12 +24,17 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
 
-@dataclasses.dataclass(frozen=True)
+@struct.dataclass
 class Params:
-  """Ranges are (low, high), drawn uniformly per image; noise sigmas in 8-bit units."""
-  kernel_size: int = 7
+  """Ranges are (low, high), drawn uniformly per image; noise sigmas in 8-bit units.
+
+  A pytree: every field but kernel_size is a leaf, so one compiled function serves any
+  setting (pass Params as a jit argument) and settings could themselves be random.
+  """
+  kernel_size: int = struct.field(pytree_node=False, default=7)
   blur_sigma: tuple = (0.2, 2.0)
   blur_sigma2: tuple = (0.2, 1.2)
   blur_prob2: float = 0.8
@@ -230,9 +235,8 @@ def degrade_one(key, y, p: Params = Params()):
   """D^2 of one (H, W, 3) image in [0, 1]."""
   k1, k2 = jax.random.split(key)
   x = _round(k2, _round(k1, y, p, False), p, True)
-  if p.match_mean:
-    x = x - jnp.mean(x, axis=(0, 1)) + jnp.mean(y, axis=(0, 1))
-  return jnp.clip(x, 0.0, 1.0)
+  shift = jnp.mean(y, axis=(0, 1)) - jnp.mean(x, axis=(0, 1))
+  return jnp.clip(x + jnp.where(p.match_mean, shift, 0.0), 0.0, 1.0)
 
 
 def degrade(key, y, p: Params = Params()):

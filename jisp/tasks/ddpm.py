@@ -83,12 +83,14 @@ class DDPMTask:
     loss, _ = self.loss(params, batch, rng, train=False)
     return {"loss": loss}
 
-  def predict(self, params, rgb_patches, rng, *, sampler, steps, x_init=None, **kw):
+  def predict(self, params, rgb_patches, rng, *, sampler, steps, x_init=None, clip_x0=True,
+              **kw):
     """RAW patches in [0, 1] for sRGB patches (B, P, P, 3) in [0, 1], by conditional sampling.
 
     x_init: the starting noise (B, P, P, raw_channels) in the model's [-1, 1] space; drawn
     from `rng` when None (tiled reconstruction passes its own to share noise per pixel).
-    `rng` also drives the noise of stochastic samplers. Pure and jit-able: sampler and
+    `rng` also drives the noise of stochastic samplers. clip_x0 keeps the x0 implied by
+    each network call inside the data range (see samplers.clip_denoised). Pure and jit-able: sampler and
     steps are static. Extra keywords go to the sampler (see `sampler_options`).
     """
     cond = to_model_range(jnp.asarray(rgb_patches, jnp.float32))
@@ -98,6 +100,8 @@ class DDPMTask:
     net = self.eps_fn(params)
     # The condition is closed over, so every sampler sees a plain eps(x_t, t).
     eps = lambda x, t: net(jnp.concatenate([x, cond], axis=-1), t)
+    if clip_x0:
+      eps = samplers.clip_denoised(eps, self.schedule)
     opts = sampler_options(sampler, steps, self.schedule.num_timesteps, **kw)
     x0 = samplers.sample(sampler, eps, self.schedule, x_init, sample_rng, **opts)
     return from_model_range(x0)

@@ -225,13 +225,12 @@ class DTDMTask:
     y = to_model_range(batch[self.target_key])
     w = to_model_range(batch[self.cond_key])
     x = to_model_range(x01)
-    # The loss helpers concatenate [state, cond]; ours is [m_t, w, x].
-    f = self.net_fn(params, w, x, train, d_rng)
+    # Both loss helpers call the net on concat[state, cond]; cond = [w, x] gives the
+    # network input order [m_t, w, x] that `net_fn` uses when sampling.
     f_cat = lambda inp, t: self.model.apply(
         {"params": params}, inp, t, train=train,
         rngs={"dropout": d_rng} if train else None)
     cond = jnp.concatenate([w, x], axis=-1)
-    del f
     if self.process == "dtdm":
       value = dtdm.loss(f_cat, self.schedule, self.s, x, y, cond, l_rng)
     else:
@@ -271,11 +270,9 @@ class DTDMTask:
     return samplers.ddim_sample(f, self.schedule, x_init, k1, num_steps=int(steps), eta=1.0,
                                 start_step=t0)
 
-  def predict(self, params, cond_patches, rng, *, steps=None, eta=None, start=None, **kw):
-    """y_hat in [0, 1] for condition patches (B, P, P, 3) in [0, 1] (the RAW for raw2rgb,
-    the sRGB for rgb2raw). steps: network calls (default: s, or T for DDPM from noise).
-    One compiled function per (steps, eta, start)."""
-    del kw
+  def sampler_fn(self, *, steps=None, eta=None, start=None):
+    """The jitted (params, cond01, rng) -> y_hat in [0, 1] that `predict` runs; cached per
+    (steps, eta, start), so a caller can also `.lower(...).compile()` it to time apart."""
     key = (steps, eta, start)
     if key not in self._fns:
       est = self.estimator()
@@ -286,4 +283,20 @@ class DTDMTask:
                                       rng, steps=steps, eta=eta, start=start)
         return jnp.clip(out * 0.5 + 0.5, 0.0, 1.0)
       self._fns[key] = jax.jit(run)
-    return self._fns[key](params, jnp.asarray(cond_patches, jnp.float32), rng)
+    return self._fns[key]
+
+  def nfe(self, *, steps=None, start=None) -> int:
+    """Network evaluations of one `predict` call with these options."""
+    if steps is not None:
+      return int(steps)
+    if self.process == "ddpm" and (start or self.config.dtdm.ddpm_start) == "noise":
+      return self.schedule.num_timesteps
+    return self.s
+
+  def predict(self, params, cond_patches, rng, *, steps=None, eta=None, start=None, **kw):
+    """y_hat in [0, 1] for condition patches (B, P, P, 3) in [0, 1] (the RAW for raw2rgb,
+    the sRGB for rgb2raw). steps: network calls (default s; all T for DDPM from noise;
+    fewer = strided). eta: DTDM noise scale (default config). start: DDPM arms only."""
+    del kw
+    fn = self.sampler_fn(steps=steps, eta=eta, start=start)
+    return fn(params, jnp.asarray(cond_patches, jnp.float32), rng)

@@ -47,16 +47,26 @@ class Checkpointer:
 
 
 def restore_params(workdir, task, use_ema: bool = True):
-  """The (EMA) params of the latest checkpoint of a run, for inference tools."""
+  """The (EMA) params of the latest checkpoint of a run, for inference tools.
+
+  Restores onto this process's first device whatever topology wrote the checkpoint (a
+  pod, 8 fake CPU devices, 2 processes): the target tree is built from the task and the
+  optimiser of its config, with explicit single-device shardings.
+  """
+  import functools
+  from jisp.train import optim, state as state_lib
   ckpt_dir = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(ckpt_dir):
     raise FileNotFoundError(f"{workdir}: no checkpoints directory (train first)")
   mngr = ocp.CheckpointManager(os.path.abspath(ckpt_dir))
   step = mngr.latest_step()
   if step is None:
+    mngr.close()
     raise FileNotFoundError(f"{workdir}: no checkpoint found in {ckpt_dir}")
-  meta = mngr.item_metadata(step)
-  tree = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-  del meta
+  tx, _ = optim.make_optimizer(task.config.optim, task.config.num_steps)
+  shapes = jax.eval_shape(functools.partial(state_lib.create, task, tx), jax.random.PRNGKey(0))
+  dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=dev), shapes)
+  tree = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
   mngr.close()
-  return step, (tree["ema_params"] if use_ema else tree["params"])
+  return step, (tree.ema_params if use_ema else tree.params)

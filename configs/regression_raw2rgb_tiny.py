@@ -1,0 +1,21 @@
+"""CI / demo / ablation size of the regression net (RAW -> sRGB): 32x32 patches, base 16."""
+import pathlib
+from jisp.config_utils import load_config_file
+
+
+def get_config():
+  c = load_config_file(pathlib.Path(__file__).with_name("regression_raw2rgb.py"))
+  c.batch_size = 16
+  c.num_steps = 300
+  c.log_every = 10
+  c.checkpoint_every = 100
+  c.eval_every = 100
+  c.eval_batches = 2
+  c.data.patch_size = 32
+  c.model.base_channels = 16
+  c.model.channel_mults = (1, 2, 2)
+  c.optim.peak_lr = 1e-3
+  c.optim.end_lr = 1e-5
+  c.optim.warmup_steps = 20
+  c.optim.ema_decay = 0.99
+  return c

@@ -1,0 +1,126 @@
+"""`jisp eval`: metrics against independent implementations, the DESIGN.md protocol on
+virtual-camera RAWs (a RAW folder and a prepared folder's test split), results.json,
+report.png and the tiling comparison."""
+import argparse
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import MICRO, run_jisp
+from jisp.infer import evaluate, metrics
+
+CFG = "configs/ddpm_tiny.py"
+
+
+# ------------------------------------------------------------------ metrics
+
+def test_psnr_and_tiled_psnr_match_skimage():
+  from skimage.metrics import peak_signal_noise_ratio as sk_psnr
+  rng = np.random.default_rng(0)
+  a = rng.random((31, 47, 3)).astype(np.float32)
+  b = np.clip(a + rng.normal(0, 0.05, a.shape), 0, 1).astype(np.float32)
+  assert abs(float(metrics.psnr(a, b)) - sk_psnr(a, b, data_range=1.0)) < 1e-3
+  # 3x3 tiles: rows 11/10/10 and columns 16/16/15, PSNR of each, then the mean
+  rows, cols = [(0, 11), (11, 21), (21, 31)], [(0, 16), (16, 32), (32, 47)]
+  want = np.mean([sk_psnr(a[y0:y1, x0:x1], b[y0:y1, x0:x1], data_range=1.0)
+                  for y0, y1 in rows for x0, x1 in cols])
+  assert abs(metrics.tiled_psnr(a, b) - want) < 1e-3
+  # tiles weight regions evenly: a flawless half raises the tiled mean above the global PSNR
+  c = b.copy()
+  c[:, :24] = a[:, :24]
+  assert metrics.tiled_psnr(a, c) > float(metrics.psnr(a, c)) + 5
+  assert float(metrics.psnr(a, a)) == metrics.MAX_PSNR
+
+
+def test_ssim_matches_skimage():
+  from skimage.metrics import structural_similarity
+  rng = np.random.default_rng(1)
+  a = rng.random((40, 52, 3)).astype(np.float32)
+  for noise in (0.02, 0.2):
+    b = np.clip(a + rng.normal(0, noise, a.shape), 0, 1).astype(np.float32)
+    want = structural_similarity(a, b, data_range=1.0, channel_axis=-1, gaussian_weights=True,
+                                 sigma=1.5, use_sample_covariance=False)
+    assert abs(float(metrics.ssim(a, b)) - want) < 1e-4
+  assert abs(float(metrics.ssim(a, a)) - 1) < 1e-6
+
+
+def test_report_image_layout():
+  rng = np.random.default_rng(0)
+  x = rng.random((30, 40, 3)).astype(np.float32)
+  rows = [("a.dng", x, x * 0.9, x, 30.0), ("b.dng", x[:20], x[:20], x[:20], 40.0)]
+  img = evaluate.report_image(rows, width=64)
+  assert img.shape[1] == 4 * 64 + 3 * 4 and img.dtype == np.uint8
+  # the error map of a perfect reconstruction is black, of a 10% error mostly bright
+  assert evaluate.error_map(x, x).max() == 0
+  assert evaluate.error_map(x + 0.1, x).min() > 0.99
+
+
+# ------------------------------------------------------------------ the command
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  from jisp.data.virtual_camera import write_virtual_raw_dir
+  wd = tmp_path_factory.mktemp("run")
+  run_jisp("train", "--config", CFG, "--workdir", str(wd), *MICRO, "--config.num_steps=2",
+           "--config.log_every=1", "--config.checkpoint_every=100", devices=1)
+  raws = write_virtual_raw_dir(tmp_path_factory.mktemp("raws"), 3, seed=7, size=(48, 64))
+  return wd, raws
+
+
+def _args(*argv):
+  p = argparse.ArgumentParser()
+  evaluate.add_eval_args(p)
+  return p.parse_args([str(a) for a in argv])
+
+
+def test_eval_raw_folder_writes_results_and_report(setup, capsys):
+  wd, raws = setup
+  rc = evaluate.run_eval(_args("--workdir", wd, "--data", raws[0].parent, "--json",
+                               "--sampler", "ddim", "--steps", "2", "--max-batch", "32"))
+  assert rc == 0
+  printed = json.loads(capsys.readouterr().out.strip())
+  saved = json.loads((wd / "eval" / "results.json").read_text())
+  assert printed == saved
+  assert saved["n_images"] == 3 and saved["nfe"] == 2 and saved["sampler"] == "ddim"
+  psnrs = [e["results"][saved["settings"][0]["name"]]["raw_psnr"] for e in saved["images"]]
+  assert all(np.isfinite(psnrs)) and abs(np.mean(psnrs) - saved["mean_raw_psnr"]) < 1e-9
+  assert saved["seconds_per_image"] > 0
+  # the scores are those of the true pairs: an independent recomputation of image 0
+  from jisp.data import pairs, raw_io
+  cap = raw_io.read_capture(raws[0])
+  true = pairs.make_pair(cap, raw_io.render_srgb(cap), "invisp")["raw"]
+  assert saved["images"][0]["size"] == list(true.shape[:2])
+  rep = np.asarray(Image.open(wd / "eval" / "report.png"))
+  assert rep.shape[1] == 4 * 256 + 12 and rep.shape[0] > 3 * 48
+
+
+def test_eval_prepared_folder_uses_its_test_split(setup, tmp_path):
+  wd, raws = setup
+  files = [{"path": p.name, "status": "ok", "split": s}
+           for p, s in zip(raws, ("test", "train", "test"))]
+  files.append({"path": "broken.dng", "status": "skipped", "reason": "x"})
+  (tmp_path / "manifest.json").write_text(json.dumps(
+      {"raw_dir": str(raws[0].parent), "protocol": "invisp", "files": files}))
+  args = _args("--workdir", wd, "--data", tmp_path, "--json", "--sampler", "ddim", "--steps",
+               "2", "--tiling-report", "--max-batch", "32", "--overlap", "8")
+  assert evaluate.run_eval(args) == 0
+  res = json.loads((wd / "eval" / "results.json").read_text())
+  assert [e["file"] for e in res["images"]] == [str(raws[0]), str(raws[2])]
+  names = [s["name"] for s in res["settings"]]
+  assert names == ["grid", "overlap8", "overlap8+shared"]
+  for s in res["settings"]:
+    assert np.isfinite(s["mean_raw_psnr"]) and s["mean_seam_ratio"] > 0
+  table = evaluate.tiling_table(res["settings"])
+  assert table.count("\n") == 4 and "overlap8+shared" in table
+
+
+def test_eval_errors_are_one_line(setup, tmp_path, capsys):
+  wd, _ = setup
+  assert evaluate.run_eval(_args("--workdir", wd, "--data", tmp_path)) == 2
+  err = capsys.readouterr().err.strip()
+  assert "\n" not in err and str(tmp_path) in err and "no manifest.json" in err
+  (tmp_path / "manifest.json").write_text(json.dumps({"raw_dir": str(tmp_path), "files": []}))
+  assert evaluate.run_eval(_args("--workdir", wd, "--data", tmp_path)) == 2
+  assert "no test-split files" in capsys.readouterr().err

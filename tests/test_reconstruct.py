@@ -1,0 +1,213 @@
+"""`jisp reconstruct`: images in (JPEG/PNG/TIFF, 8/16-bit, EXIF orientation), DNG + preview
++ 16-bit TIFF out, LibRaw reads the DNG back, the RAW-space inversion is exact, one-line
+errors, and the compiled predictor is reused across images."""
+import argparse
+import json
+
+import jax
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from helpers import MICRO, run_jisp
+from jisp.infer import images, predict, reconstruct
+
+CFG = "configs/ddpm_tiny.py"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  wd = tmp_path_factory.mktemp("run")
+  run_jisp("train", "--config", CFG, "--workdir", str(wd), *MICRO, "--config.num_steps=2",
+           "--config.log_every=1", "--config.checkpoint_every=100", devices=1)
+  return wd
+
+
+@pytest.fixture(scope="module")
+def vraw(tmp_path_factory):
+  from jisp.data.virtual_camera import write_virtual_raw_dir
+  return write_virtual_raw_dir(tmp_path_factory.mktemp("vraw"), 2, seed=4, size=(64, 80))
+
+
+def _args(*argv):
+  p = argparse.ArgumentParser()
+  reconstruct.add_reconstruct_args(p)
+  return p.parse_args([str(a) for a in argv])
+
+
+def _photo(h=45, w=67, seed=0):
+  return (np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)
+
+
+def test_reconstruct_writes_dng_preview_and_tiff(run_dir, tmp_path, capsys):
+  import rawpy
+  src = tmp_path / "in"
+  src.mkdir()
+  Image.fromarray(_photo()).save(src / "photo.jpg", quality=90)
+  Image.fromarray(_photo(seed=1)).save(src / "photo.png")
+  out = tmp_path / "out"
+  rc = reconstruct.run_reconstruct(_args(
+      "--workdir", run_dir, src / "photo.jpg", src / "photo.png", "-o", out,
+      "--sampler", "ddim", "--steps", "3", "--max-batch", "64", "--no-progress"))
+  assert rc == 0
+  text = capsys.readouterr().out
+  assert "default profile" in text  # synthetic-source run: says which profile it used
+  for stem in ("photo", "photo_2"):  # same stem twice: the second gets its own name
+    with rawpy.imread(str(out / f"{stem}.dng")) as r:
+      assert r.raw_image.shape == (44, 66)  # odd size cropped to whole 2x2 tiles
+      assert r.color_desc == b"RGBG" and r.raw_pattern.tolist() == [[0, 1], [3, 2]]  # RGGB
+      assert r.white_level == 4095 and list(r.black_level_per_channel) == [0, 0, 0, 0]
+      assert 0 < r.raw_image.mean() < 4095
+      assert r.postprocess().shape == (44, 66, 3)
+    t = tifffile.imread(out / f"{stem}_raw16.tif")
+    assert t.shape == (45, 67, 3) and t.dtype == np.uint16
+    assert np.asarray(Image.open(out / f"{stem}_preview.png")).shape == (45, 67, 3)
+
+
+def test_raw_space_inversion_reproduces_the_camera_mosaic(vraw, tmp_path):
+  """The true invisp RAW of a capture, written as a DNG with the capture's own profile,
+  gives back the capture's mosaic codes (up to rounding) wherever white balance did not clip."""
+  import rawpy
+  from jisp.data import pairs, raw_io
+  cap = raw_io.read_capture(vraw[0])
+  pair = pairs.make_pair(cap, raw_io.render_srgb(cap), "invisp")
+  prof = reconstruct._complete(reconstruct.profile_from_capture(cap))
+  paths = reconstruct.write_outputs(tmp_path, "x", pair["raw"], "invisp", prof)
+  with rawpy.imread(paths["dng"]) as r:
+    got = r.raw_image.astype(np.int64)
+    assert r.raw_pattern.shape == (2, 2)
+  back = raw_io.read_capture(paths["dng"])
+  assert back.pattern == cap.pattern
+  np.testing.assert_allclose(back.black_level, cap.black_level)
+  assert back.white_level == cap.white_level
+  np.testing.assert_allclose(back.wb, cap.wb, rtol=1e-4)
+  np.testing.assert_allclose(back.color_matrix, cap.color_matrix, atol=1e-5)
+  want = cap.mosaic.astype(np.int64)
+  # sites whose white-balanced value stayed below 1 (no clipping) must round-trip
+  norm = pairs.normalized_mosaic(cap)
+  wb_site = np.tile(np.asarray(cap.wb)[np.array(
+      [[{"R": 0, "G": 1, "B": 2}[c] for c in cap.pattern[:2]],
+       [{"R": 0, "G": 1, "B": 2}[c] for c in cap.pattern[2:]]])], (32, 40))
+  ok = (norm * wb_site < 0.999) & (norm > 0)
+  assert ok.mean() > 0.5
+  assert np.abs(got - want)[ok].max() <= 2
+
+
+def test_like_and_manifest_profiles(run_dir, vraw, tmp_path):
+  from jisp.data import raw_io
+  from jisp.data.prepare import capture_profile
+  cap = raw_io.read_capture(vraw[1])
+  cfg = predict.load_config(run_dir)
+  prof, desc = reconstruct.camera_profile(cfg, like=str(vraw[1]))
+  assert prof["pattern"] == cap.pattern and prof["white_level"] == cap.white_level
+  assert str(vraw[1]) in desc
+  # the training data's manifest: the camera with most files wins
+  data = tmp_path / "data"
+  data.mkdir()
+  other = dict(capture_profile(cap), pattern="GBRG" if cap.pattern != "GBRG" else "GRBG",
+               files=1)
+  cams = {"Cam A": dict(capture_profile(cap), files=5), "Cam B": other}
+  (data / "manifest.json").write_text(json.dumps({"protocol": "invisp", "cameras": cams}))
+  cfg.data.dir = str(data)
+  prof, desc = reconstruct.camera_profile(cfg)
+  assert prof["pattern"] == cap.pattern and "Cam A" in desc
+  np.testing.assert_allclose(prof["black_level"], cap.black_level)
+  with pytest.raises(reconstruct.ReconstructError, match="nope.dng"):
+    reconstruct.camera_profile(cfg, like=str(tmp_path / "nope.dng"))
+
+
+def test_like_sets_the_dng_layout(run_dir, vraw, tmp_path):
+  import rawpy
+  from jisp.data import raw_io
+  cap = raw_io.read_capture(vraw[0])
+  Image.fromarray(_photo(32, 32)).save(tmp_path / "a.png")
+  rc = reconstruct.run_reconstruct(_args(
+      "--workdir", run_dir, tmp_path / "a.png", "-o", tmp_path / "o", "--like", vraw[0],
+      "--sampler", "dpm_solver", "--steps", "3", "--shared-noise", "--no-progress"))
+  assert rc == 0
+  back = raw_io.read_capture(tmp_path / "o" / "a.dng")
+  assert back.pattern == cap.pattern
+  np.testing.assert_allclose(back.black_level, cap.black_level)
+  with rawpy.imread(str(tmp_path / "o" / "a.dng")) as r:
+    assert r.white_level == cap.white_level
+
+
+def test_read_image_orientation_bits_and_errors(tmp_path):
+  a = _photo(20, 30)
+  ex = Image.Exif()
+  ex[274] = 6  # rotate 90 degrees clockwise to show upright
+  Image.fromarray(a).save(tmp_path / "rot.png", exif=ex)
+  img, bits = images.read_image(tmp_path / "rot.png")
+  assert bits == 8 and img.shape == (30, 20, 3)
+  np.testing.assert_allclose(img, np.rot90(a, -1) / 255.0, atol=1e-6)
+
+  a16 = (np.random.default_rng(0).random((12, 18, 3)) * 65535).astype(np.uint16)
+  tifffile.imwrite(tmp_path / "x16.tif", a16, photometric="rgb",
+                   extratags=[(274, "H", 1, 8, True)])
+  img, bits = images.read_image(tmp_path / "x16.tif")
+  assert bits == 16 and img.shape == (18, 12, 3)
+  np.testing.assert_allclose(img, np.rot90(a16, 1) / 65535.0, atol=1e-7)
+
+  Image.fromarray(a[..., 0]).save(tmp_path / "gray.png")
+  Image.fromarray(a).convert("CMYK").save(tmp_path / "cmyk.jpg")
+  tifffile.imwrite(tmp_path / "gray16.tif", a16[..., 0])
+  Image.fromarray(a).save(tmp_path / "cut.jpg")
+  data = (tmp_path / "cut.jpg").read_bytes()
+  (tmp_path / "cut.jpg").write_bytes(data[:len(data) // 3])
+  (tmp_path / "junk.jpg").write_bytes(b"not an image at all")
+  for name, why in [("gray.png", "grayscale"), ("cmyk.jpg", "CMYK"),
+                    ("gray16.tif", "grayscale"), ("cut.jpg", "unreadable"),
+                    ("junk.jpg", "not an image"), ("missing.png", "no such file")]:
+    with pytest.raises(images.ImageError) as e:
+      images.read_image(tmp_path / name)
+    msg = str(e.value)
+    assert name in msg and why in msg and "\n" not in msg
+
+
+def test_bad_inputs_fail_alone_with_one_line_each(run_dir, tmp_path, capsys):
+  Image.fromarray(_photo()[..., 0]).save(tmp_path / "gray.png")
+  Image.fromarray(_photo(24, 24)).save(tmp_path / "ok.png")
+  rc = reconstruct.run_reconstruct(_args(
+      "--workdir", run_dir, tmp_path / "gray.png", tmp_path / "ok.png", "-o", tmp_path / "o",
+      "--sampler", "ddim", "--steps", "2", "--no-progress"))
+  assert rc == 1  # one input failed, the other was written
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "gray.png" in err[0] and "grayscale" in err[0]
+  assert (tmp_path / "o" / "ok.dng").exists() and not (tmp_path / "o" / "gray.dng").exists()
+
+
+def test_workdir_without_checkpoint(tmp_path, run_dir, capsys):
+  wd = tmp_path / "fresh"
+  wd.mkdir()
+  (wd / "config.json").write_text((run_dir / "config.json").read_text())
+  Image.fromarray(_photo()).save(tmp_path / "a.png")
+  rc = reconstruct.run_reconstruct(_args("--workdir", wd, tmp_path / "a.png", "-o",
+                                         tmp_path / "o"))
+  err = capsys.readouterr().err.strip()
+  assert rc == 2 and "\n" not in err and str(wd) in err and "checkpoint" in err
+  rc = reconstruct.run_reconstruct(_args("--workdir", tmp_path / "nothing", tmp_path / "a.png",
+                                         "-o", tmp_path / "o"))
+  assert rc == 2 and "nothing" in capsys.readouterr().err
+
+
+def test_predictor_compiles_once_per_chunk_size_and_is_deterministic(run_dir):
+  run = predict.load_run(run_dir)
+  pr = predict.PatchPredictor(run.task, run.params, sampler="ddim", steps=2, max_batch=32)
+  key = jax.random.PRNGKey(0)
+  outs = []
+  for h, w in ((40, 50), (48, 45), (40, 50)):  # 12, 16, 12 patches of 16 (overlap 4)
+    rgb = np.random.default_rng(h).random((h, w, 3)).astype(np.float32)
+    outs.append(reconstruct.predict_image(pr, rgb, overlap=4, grid=False, shared_noise=False,
+                                          key=key))
+    assert outs[-1].shape == (h, w, 3) and 0 <= outs[-1].min() and outs[-1].max() <= 1
+  assert list(pr._compiled) == [16]  # one compile served all three images (8 devices)
+  np.testing.assert_array_equal(outs[0], outs[2])
+  # a chunk larger than max_batch is split into several calls of the same compiled size
+  big = np.random.default_rng(1).random((70, 16, 16, 3)).astype(np.float32)
+  z = np.random.default_rng(2).standard_normal((70, 16, 16, 3)).astype(np.float32)
+  y = pr(big, z, key)
+  assert y.shape == (70, 16, 16, 3) and sorted(pr._compiled) == [16, 32]
+  # each patch's result depends only on its own input and noise, not on its chunk mates
+  y2 = pr(big[:5], z[:5], key)
+  np.testing.assert_allclose(y2, y[:5], atol=1e-3)  # batch-size float noise only
