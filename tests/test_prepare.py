@@ -236,3 +236,14 @@ def test_every_real_file_prepares(raw_dir, tmp_path):
   assert all(f["n_patches"] > 0 for f in man["files"])
   patterns = {man["cameras"][f["camera"]]["pattern"] for f in man["files"]}
   assert patterns <= {"RGGB", "BGGR", "GRBG", "GBRG"}
+
+
+def test_shipped_fivek_split_lists_by_name():
+  from collections import Counter
+  nikon = prep.read_split_list("fivek:nikon_d700")
+  canon = prep.read_split_list("fivek:canon_eos_5d")
+  assert Counter(canon.values()) == {"train": 650, "test": 127}
+  # 414/73 ids plus the bare form of the one id published with " (original)"
+  assert Counter(nikon.values())["test"] + Counter(nikon.values())["train"] == 414 + 73 + 1
+  with pytest.raises(ValueError, match="fivek:sony"):
+    prep.read_split_list("fivek:sony")

@@ -127,6 +127,8 @@ def read_split_list(path):
   "<split> <name>" (name may contain spaces; '#' starts a comment). A name matches a file
   by relative path, file name or file stem.
   """
+  if str(path).startswith("fivek:"):
+    return _fivek_split_list(str(path)[len("fivek:"):])
   path = pathlib.Path(path)
   text = path.read_text()
   out = {}
@@ -149,6 +151,27 @@ def read_split_list(path):
     if out.get(name, split) != split:
       raise ValueError(f"{path}: {name!r} is listed in both {out[name]!r} and {split!r}")
     out[name] = split
+  return out
+
+
+FIVEK_LISTS = {"nikon_d700": "NIKON_D700", "canon_eos_5d": "Canon_EOS_5D"}
+
+
+def _fivek_split_list(camera):
+  """The official InvISP FiveK split shipped in jisp/data/splits (`--split-list fivek:CAMERA`)."""
+  if camera not in FIVEK_LISTS:
+    raise ValueError(f"--split-list fivek:{camera}: unknown camera (known: "
+                     f"{', '.join('fivek:' + c for c in FIVEK_LISTS)})")
+  here = pathlib.Path(__file__).with_name("splits")
+  out = {}
+  for split in ("train", "test"):
+    for line in (here / f"{FIVEK_LISTS[camera]}_{split}.txt").read_text().splitlines():
+      name = line.strip()
+      if name:
+        out[name] = split
+        # One Nikon id is published with a " (original)" suffix; match the bare name too.
+        if name.endswith(" (original)"):
+          out[name[: -len(" (original)")]] = split
   return out
 
 
