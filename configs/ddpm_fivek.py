@@ -46,6 +46,7 @@ def get_config():
   c.diffusion.num_timesteps = 1000
   c.diffusion.beta_start = 0.0015
   c.diffusion.beta_end = 0.0195
+  c.diffusion.prediction = "eps"  # the paper's; "v" (Salimans & Ho) is an option
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adam"

@@ -20,6 +20,9 @@ def get_config():
   c.optim.end_lr = 1e-5
   c.optim.warmup_steps = 20
   c.optim.ema_decay = 0.99
+  # v-prediction: at demo training lengths eps-prediction samples collapse (x0 implied at
+  # t~T is off by 1/sqrt(abar_T) ~ 80x its eps error); see README "eps vs v".
+  c.diffusion.prediction = "v"
   c.sampling.sampler = "ddim"
   c.sampling.steps = 50
   return c

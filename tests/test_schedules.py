@@ -53,3 +53,27 @@ def test_eps_loss_is_zero_for_the_true_noise_predictor():
   assert float(losses.conditional_eps_loss(oracle, s, x0, cond, rng)) < 1e-6
   zero = lambda net_in, t: jnp.zeros_like(net_in[..., :3])
   np.testing.assert_allclose(float(losses.conditional_eps_loss(zero, s, x0, cond, rng)), 1.0, atol=0.1)
+
+
+def test_v_prediction_oracle_has_zero_loss_and_maps_back_to_the_true_eps():
+  s = schedules.linear_ldm()
+  x0 = jax.random.uniform(jax.random.PRNGKey(0), (4, 8, 8, 3)) * 2 - 1
+  cond = jnp.zeros_like(x0)
+  rng = jax.random.PRNGKey(5)
+  a_tab = jnp.asarray(s.sqrt_alpha_bars, jnp.float32)
+  s_tab = jnp.asarray(s.sqrt_one_minus_alpha_bars, jnp.float32)
+
+  def v_oracle(net_in, t):
+    xt = net_in[..., :3]
+    a, b = a_tab[t][:, None, None, None], s_tab[t][:, None, None, None]
+    eps = (xt - a * x0) / b
+    return a * eps - b * x0
+
+  assert float(losses.conditional_loss(v_oracle, s, x0, cond, rng, "v")) < 1e-8
+  # as_eps_fn turns the v-network into the eps the samplers expect.
+  t = jnp.array([1, 10, 500, 1000])
+  noise = jax.random.normal(jax.random.PRNGKey(1), x0.shape)
+  xt = schedules.q_sample(s, x0, t, noise)
+  eps_fn = losses.as_eps_fn(lambda x, tt: v_oracle(jnp.concatenate([x, cond], -1), tt.astype(jnp.int32)),
+                            s, "v", lambda tt: jnp.asarray(s.alpha_bars, jnp.float32)[tt.astype(jnp.int32)])
+  np.testing.assert_allclose(np.asarray(eps_fn(xt, t.astype(jnp.float32))), np.asarray(noise), atol=2e-4)

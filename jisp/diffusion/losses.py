@@ -1,4 +1,4 @@
-"""Training objectives for epsilon-prediction diffusion."""
+"""Training objectives for conditional diffusion (epsilon or v parametrisation)."""
 from __future__ import annotations
 
 import jax
@@ -6,22 +6,64 @@ import jax.numpy as jnp
 
 from jisp.diffusion import schedules
 
+PREDICTIONS = ("eps", "v")
+
 
 def sample_timesteps(rng, batch: int, num_timesteps: int) -> jnp.ndarray:
   """t ~ U{1, ..., T}."""
   return jax.random.randint(rng, (batch,), 1, num_timesteps + 1)
 
 
-def conditional_eps_loss(eps_fn, schedule: schedules.Schedule, x0, cond, rng):
-  """E_{t, eps} || eps - eps_fn(concat[x_t, cond], t) ||^2 (the paper's Eq. 6).
+def _coefs(schedule, t, ndim):
+  shape = (-1,) + (1,) * (ndim - 1)
+  a = jnp.asarray(schedule.sqrt_alpha_bars, jnp.float32)[t].reshape(shape)
+  s = jnp.asarray(schedule.sqrt_one_minus_alpha_bars, jnp.float32)[t].reshape(shape)
+  return a, s
 
-  `eps_fn(net_input, t)` sees the noisy target and the condition concatenated on the
-  channel axis. The mean is over every element, so the value does not depend on how the
+
+def conditional_loss(net_fn, schedule: schedules.Schedule, x0, cond, rng, prediction="eps"):
+  """E_{t, eps} || target - net_fn(concat[x_t, cond], t) ||^2.
+
+  prediction="eps": target eps (the DDPM-for-ISP paper's Eq. 6). prediction="v": target
+  v = sqrt(abar) eps - sqrt(1-abar) x0 (Salimans & Ho 2022), which keeps the x0 implied by
+  the network accurate at large t, where eps-prediction amplifies its error by
+  1/sqrt(abar_t). The mean is over every element, so the value does not depend on how the
   batch is split across devices.
   """
   t_rng, n_rng = jax.random.split(rng)
   t = sample_timesteps(t_rng, x0.shape[0], schedule.num_timesteps)
   noise = jax.random.normal(n_rng, x0.shape, x0.dtype)
   x_t = schedules.q_sample(schedule, x0, t, noise)
-  eps_hat = eps_fn(jnp.concatenate([x_t, cond], axis=-1), t)
-  return jnp.mean(jnp.square(eps_hat - noise))
+  out = net_fn(jnp.concatenate([x_t, cond], axis=-1), t)
+  if prediction == "eps":
+    target = noise
+  elif prediction == "v":
+    a, s = _coefs(schedule, t, x0.ndim)
+    target = a * noise - s * x0
+  else:
+    raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+  return jnp.mean(jnp.square(out - target))
+
+
+def conditional_eps_loss(eps_fn, schedule, x0, cond, rng):
+  return conditional_loss(eps_fn, schedule, x0, cond, rng, "eps")
+
+
+def as_eps_fn(net_fn, schedule, prediction: str, alpha_bar_fn):
+  """An eps(x_t, t) view of a network trained with `prediction`, for the samplers.
+
+  alpha_bar_fn(t) gives abar at (possibly fractional) t, as the samplers interpolate it.
+  v = a eps - s x0 and x_t = a x0 + s eps give eps = s x_t + a v.
+  """
+  if prediction == "eps":
+    return net_fn
+  if prediction != "v":
+    raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+
+  def eps_fn(x, t):
+    ab = alpha_bar_fn(t.astype(jnp.float32))
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    a = jnp.sqrt(ab).reshape(shape)
+    s = jnp.sqrt(1.0 - ab).reshape(shape)
+    return s * x + a * net_fn(x, t)
+  return eps_fn

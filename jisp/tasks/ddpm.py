@@ -49,6 +49,11 @@ class DDPMTask:
     self.config = config
     self.model = unet.from_config(config.model)
     self.schedule = schedules.make_schedule(config.diffusion)
+    self.prediction = config.diffusion.get("prediction", "eps")
+    if self.prediction not in losses.PREDICTIONS:
+      from jisp.config_utils import ConfigError
+      raise ConfigError(f"bad value for config key 'diffusion.prediction': {self.prediction!r} "
+                        f"(expected one of {', '.join(losses.PREDICTIONS)})")
     self.patch = config.data.patch_size
     self.raw_channels = config.model.out_channels
     self.cond_channels = config.model.in_channels - config.model.out_channels
@@ -75,8 +80,8 @@ class DDPMTask:
     d_rng, l_rng = jax.random.split(rng)
     x0 = to_model_range(batch["raw"])
     cond = to_model_range(batch["rgb"])
-    loss = losses.conditional_eps_loss(self.eps_fn(params, train, d_rng), self.schedule,
-                                       x0, cond, l_rng)
+    loss = losses.conditional_loss(self.eps_fn(params, train, d_rng), self.schedule,
+                                   x0, cond, l_rng, self.prediction)
     return loss, {}
 
   def eval_metrics(self, params, batch, rng):
@@ -99,7 +104,9 @@ class DDPMTask:
       x_init = jax.random.normal(init_rng, cond.shape[:-1] + (self.raw_channels,), jnp.float32)
     net = self.eps_fn(params)
     # The condition is closed over, so every sampler sees a plain eps(x_t, t).
-    eps = lambda x, t: net(jnp.concatenate([x, cond], axis=-1), t)
+    out = lambda x, t: net(jnp.concatenate([x, cond], axis=-1), t)
+    eps = losses.as_eps_fn(out, self.schedule, self.prediction,
+                           lambda t: samplers.continuous_alpha_bar(self.schedule, t))
     if clip_x0:
       eps = samplers.clip_denoised(eps, self.schedule)
     opts = sampler_options(sampler, steps, self.schedule.num_timesteps, **kw)
