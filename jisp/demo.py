@@ -38,7 +38,7 @@ def stage_data(out: pathlib.Path, fast: bool) -> None:
 def stage_train(out: pathlib.Path, fast: bool) -> None:
   from jisp import config_utils
   from jisp.train.loop import train
-  steps = 60 if fast else 400
+  steps = 60 if fast else 600
   cfg = config_utils.load(_config_path("ddpm_tiny.py"), [
       f"--config.data.dir={out / 'prepared'}", f"--config.num_steps={steps}",
       "--config.log_every=20", f"--config.checkpoint_every={steps // 2}",

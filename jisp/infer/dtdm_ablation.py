@@ -108,7 +108,7 @@ def run(workdir_root, steps=300, *, direction="raw2rgb", estimator=None, n_eval=
     cfg = _train(cfg_path, common + est_over + [f"--config.dtdm.process={process}"], wd)
     task = DTDMTask(cfg)
     _, params = checkpoint.restore_params(wd, task)
-    runs[process] = (task, params)
+    runs[process] = (task, jax.device_get(params))
 
   # Held-out patches, sharded over the mesh when the count allows (both cores sample).
   cfg = runs["dtdm"][0].config
@@ -119,6 +119,8 @@ def run(workdir_root, steps=300, *, direction="raw2rgb", estimator=None, n_eval=
   mesh = mesh_lib.make_mesh()
   if n_eval % jax.device_count() == 0:
     gbatch = mesh_lib.to_global(batch, mesh)
+    # Params replicated on the same mesh (a restore may leave them on one device).
+    runs = {k: (t, jax.device_put(p, mesh_lib.replicated(mesh))) for k, (t, p) in runs.items()}
   else:
     gbatch = {k: jax.numpy.asarray(v) for k, v in batch.items()}
   task_d = runs["dtdm"][0]

@@ -55,6 +55,8 @@ DEFAULT_CONFIG = REPO / "configs" / "invisp_tiny.py"
 def load_pairs(raw_dir) -> list[dict]:
   """`invisp` pairs of every readable RAW file in raw_dir (others reported on stderr)."""
   from jisp.data import pairs, prepare, raw_io
+  if not pathlib.Path(raw_dir).is_dir():
+    raise FileNotFoundError(f"{raw_dir}: no such folder")
   out = []
   for path in prepare.list_raw_files(raw_dir):
     try:
@@ -259,12 +261,14 @@ def train_for(config, workdir, seconds: float, overrides=(), poll: float = 1.0,
   before = os.times()
   proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True)
+  stop_at = None
   try:
     while proc.poll() is None:
       time.sleep(poll)
       el = time.time() - t0
       logged = _read_steps(workdir) > 0
       if (el >= seconds and logged) or el >= seconds + max_startup:
+        stop_at = el
         proc.send_signal(signal.SIGTERM)
         break
     out, _ = proc.communicate(timeout=max_startup)
@@ -275,7 +279,7 @@ def train_for(config, workdir, seconds: float, overrides=(), poll: float = 1.0,
   after = os.times()
   if proc.returncode not in (0, -signal.SIGTERM):
     raise RuntimeError(f"jisp train failed ({proc.returncode}):\n{out[-3000:]}")
-  return {"train_wall_s": wall,
+  return {"train_wall_s": wall, "sigterm_at_s": stop_at,
           "train_cpu_s": (after.children_user - before.children_user)
                          + (after.children_system - before.children_system),
           "steps_logged": _read_steps(workdir), "returncode": proc.returncode}
@@ -294,6 +298,9 @@ def run(raw_dir, workdir, cpu_seconds, with_sim: bool, *, config=DEFAULT_CONFIG,
   workdir = pathlib.Path(workdir)
   data_dir = workdir / "data"
   run_dir = workdir / ("train_sim" if with_sim else "train_nosim")
+  if (run_dir / "checkpoints").exists():
+    # The loop would resume it and the budget would silently add to an earlier run's.
+    raise FileExistsError(f"{run_dir}: already trained; use a fresh --workdir")
   pair_list = pair_list if pair_list is not None else load_pairs(raw_dir)
   if not (data_dir / "manifest.json").exists():
     write_region_shards(pair_list, data_dir, holdout=holdout)
@@ -339,5 +346,13 @@ def main(argv=None) -> int:
   return 0
 
 
+def _cli() -> int:
+  try:
+    return main()
+  except (OSError, ValueError) as e:   # bad folder, used workdir, too-small images
+    print(f"flow_benchmark: error: {' '.join(str(e).split())}", file=sys.stderr)
+    return 2
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(_cli())

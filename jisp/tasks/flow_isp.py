@@ -57,6 +57,8 @@ def _config_error(key, value, why):
 
 class FlowISPTask:
   name = "flow_isp"
+  raw_channels = 3     # what jisp.infer.predict.PatchPredictor reads
+  cond_channels = 3
 
   def __init__(self, config):
     self.config = config
@@ -136,6 +138,11 @@ class FlowISPTask:
       return self.inverse(params, x)
     clip = jnp.repeat(x[:, None], self.window, axis=1)
     return self.inverse(params, clip)[:, self.vflow.centre]
+
+  def nfe(self, **kw) -> int:
+    """Network evaluations per `predict` call: one inverse pass, whatever the options."""
+    del kw
+    return 1
 
   # ---------------------------------------------------------------- loss
 

@@ -18,7 +18,12 @@ def make_lr_schedule(ocfg, num_steps: int):
     return optax.join_schedules(
         [optax.linear_schedule(0.0, ocfg.peak_lr, ocfg.warmup_steps),
          optax.constant_schedule(ocfg.peak_lr)], [ocfg.warmup_steps])
-  raise ConfigError(f"bad value for config key 'optim.schedule': {ocfg.schedule!r}")
+  if ocfg.schedule == "piecewise_constant":
+    # torch's MultiStepLR (the official InvISP schedule): multiply at each milestone.
+    return optax.piecewise_constant_schedule(
+        ocfg.peak_lr, {int(m): float(ocfg.milestone_factor) for m in ocfg.milestones})
+  raise ConfigError(f"bad value for config key 'optim.schedule': {ocfg.schedule!r} "
+                    "(warmup_cosine, constant, warmup_constant, piecewise_constant)")
 
 
 def make_optimizer(ocfg, num_steps: int):
