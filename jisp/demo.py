@@ -5,6 +5,8 @@ Stages (run in order; `--only NAME` runs one, reusing what earlier stages left i
   train  the conditional DDPM (tiny config) trained from those shards
   reconstruct  a held-out camera JPEG -> DNG with the trained model (DPM-Solver, 20 NFE),
          then `jisp eval` on the held-out split: results.json and report.png
+  flow   the invertible flow ISP (InvISP, tiny) trained on the same shards with the JPEG
+         simulator; eval renders held-out RAW, stores a real JPEG q90, inverts it
 """
 from __future__ import annotations
 
@@ -86,10 +88,27 @@ def stage_reconstruct(out: pathlib.Path, fast: bool) -> None:
         f"numbers {run / 'eval' / 'results.json'}")
 
 
+def stage_flow(out: pathlib.Path, fast: bool) -> None:
+  from jisp import config_utils
+  from jisp.cli import main
+  from jisp.train.loop import train
+  steps = 40 if fast else 150
+  run = out / "runs" / "flow"
+  cfg = config_utils.load(_config_path("invisp_tiny.py"), [
+      f"--config.data.dir={out / 'prepared'}", f"--config.num_steps={steps}",
+      "--config.log_every=20", f"--config.checkpoint_every={steps}", f"--config.eval_every={steps}"])
+  train(cfg, str(run))
+  rc = main(["eval", "--workdir", str(run), "--data", str(out / "prepared"), "--max-images", "2"])
+  if rc != 0:
+    raise RuntimeError(f"demo/flow: jisp eval failed ({rc})")
+  print(f"demo/flow: flow ISP run {run}; JPEG round-trip report {run / 'eval' / 'report.png'}")
+
+
 STAGES = {
     "data": stage_data,
     "train": stage_train,
     "reconstruct": stage_reconstruct,
+    "flow": stage_flow,
 }
 
 

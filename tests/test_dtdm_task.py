@@ -10,6 +10,7 @@ from PIL import Image
 from helpers import MICRO, losses, raw_lines, run_jisp
 from jisp.config_utils import ConfigError, load
 from jisp.data import synthetic, zrr
+from jisp.infer.predict import PatchPredictor
 from jisp.isp import bayer, degrade, tone
 from jisp.tasks.dtdm import DTDMTask
 from jisp.tasks.regression import RegressionTask
@@ -57,8 +58,14 @@ def test_rgb2raw_trains_through_the_loop_and_predicts(runs):
   task = DTDMTask(load(RGB2RAW, SHORT))
   _, params = restore_params(wd, task)
   b = _batch()
-  out = task.predict(params, b["rgb"], jax.random.PRNGKey(0))        # s = 100 steps
+  # Through the tiled tools' sharded, AOT-compiled predictor: s = 100 steps, x_init = the
+  # start noise of m_s (shared per pixel by `jisp reconstruct --shared-noise`).
+  pred = PatchPredictor(task, params, sampler="dtdm", steps=None, max_batch=4, devices=2)
+  assert pred.nfe == 100
+  z = np.random.default_rng(0).standard_normal(b["raw"].shape).astype(np.float32)
+  out = pred(b["rgb"], z, jax.random.PRNGKey(0))
   _check_image(out, b["raw"].shape)
+  np.testing.assert_array_equal(pred(b["rgb"], z, jax.random.PRNGKey(0)), out)
   # The estimate is computed from the sRGB alone, and it is the UPI inverse.
   x = np.asarray(task.estimate(b["rgb"]))
   assert _psnr(x, b["raw"]) > 12.0 and task.nfe() == 100
@@ -85,8 +92,11 @@ def test_ddpm_ablation_arms_share_the_network(runs):
   b = _batch()
   loss, _ = jax.jit(task.loss)(params, b, jax.random.PRNGKey(0))
   assert math.isfinite(float(loss))
-  out = task.predict(params, b["rgb"], jax.random.PRNGKey(2), start="noise", steps=4)
+  out = task.predict(params, b["rgb"], jax.random.PRNGKey(2), start="noise", steps=4,
+                     sampler="ddpm")
   _check_image(out, b["raw"].shape)
+  with pytest.raises(ValueError, match="sampler"):
+    task.predict(params, b["rgb"], jax.random.PRNGKey(2), sampler="dpm_solver")
   assert task.nfe(start="noise") == 2000 and task.nfe(start="estimate") == 100
 
 

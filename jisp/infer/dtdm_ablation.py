@@ -12,10 +12,11 @@ the whole eval batch / number of patches (one image = one patch), compile time a
 
   python -m jisp.infer.dtdm_ablation --out runs/ablation --steps 2000 [--direction raw2rgb]
       [--estimator regression|upi] [--n-eval 32] [--noise-steps 2000] [--data-dir D]
-      [--config.x=y ...]
+      [--no-clip] [--config.x=y ...]
 
 Re-running with the same --out reuses finished trainings (the loop resumes from the last
-checkpoint, which is the end) and only re-evaluates.
+checkpoint, which is the end) and only re-evaluates; ablation.json holds the last run
+(ablation_noclip.json with --no-clip).
 """
 from __future__ import annotations
 
@@ -68,12 +69,15 @@ def _timed(fn, *args):
 
 
 def run(workdir_root, steps=300, *, direction="raw2rgb", estimator=None, n_eval=32,
-        noise_steps=None, data_dir="", seed=0, overrides=(), log=print) -> dict:
+        noise_steps=None, data_dir="", seed=0, clip_x0=True, overrides=(), log=print
+        ) -> dict:
   """Train DTDM and DDPM (and G when needed) for `steps` each, evaluate the four arms.
 
   estimator: "regression" (default for raw2rgb: a trained G) or "upi" (default for
-  rgb2raw). Returns (and writes to WORKDIR_ROOT/ablation.json) a dict with per-arm
-  psnr, sec_per_image, nfe and compile_s.
+  rgb2raw). clip_x0: every arm clips the clean-image prediction of each network call to
+  the data range (DDPM's usual clip_denoised; off = the papers' equations as printed).
+  Returns (and writes to WORKDIR_ROOT/ablation.json) a dict with per-arm psnr,
+  sec_per_image, nfe and compile_s.
   """
   import jax
   import numpy as np
@@ -138,7 +142,7 @@ def run(workdir_root, steps=300, *, direction="raw2rgb", estimator=None, n_eval=
                                       start="noise"))]
   for name, process, kw in plan:
     task, params = runs[process]
-    fn = task.sampler_fn(**kw)
+    fn = task.sampler_fn(clip_x0=clip_x0, **kw)
     compile_s, run_s, out = _timed(fn, params, cond, key)
     arms[name] = {"psnr": _psnr(np.asarray(out), target), "nfe": task.nfe(**kw),
                   "sec_per_image": run_s / n_eval, "compile_s": compile_s}
@@ -147,8 +151,10 @@ def run(workdir_root, steps=300, *, direction="raw2rgb", estimator=None, n_eval=
   result = {"direction": direction, "estimator": estimator, "train_steps": int(steps),
             "s": s, "T": T, "patch": int(cfg.data.patch_size), "n_eval": int(n_eval),
             "devices": jax.device_count(), "data": data_dir or cfg.data.source,
+            "clip_x0": bool(clip_x0),
             "arms": arms}
-  _write_json_atomic(os.path.join(root, "ablation.json"), result)
+  name = "ablation.json" if clip_x0 else "ablation_noclip.json"
+  _write_json_atomic(os.path.join(root, name), result)
   return result
 
 
@@ -163,6 +169,8 @@ def main(argv=None) -> int:
   p.add_argument("--noise-steps", type=int, default=None, help="DDPM-from-noise steps (T)")
   p.add_argument("--data-dir", default="", help="prepared shards (default: synthetic)")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--no-clip", action="store_true",
+                 help="no clipping of the clean-image prediction (equations as printed)")
   args, rest = p.parse_known_args(argv)
   bad = [a for a in rest if not a.startswith("--config.")]
   if bad:
@@ -171,7 +179,7 @@ def main(argv=None) -> int:
   _default_cpu_devices()  # before jax starts: split the CPU cores into devices like `jisp`
   res = run(args.out, args.steps, direction=args.direction, estimator=args.estimator,
             n_eval=args.n_eval, noise_steps=args.noise_steps, data_dir=args.data_dir,
-            seed=args.seed, overrides=rest)
+            seed=args.seed, clip_x0=not args.no_clip, overrides=rest)
   print(json.dumps(res, indent=2, sort_keys=True))
   return 0
 

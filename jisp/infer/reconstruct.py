@@ -250,8 +250,10 @@ def run_reconstruct(args) -> int:
     return 2
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  print(f"jisp reconstruct: run {run.workdir} step {run.step}, {predictor.sampler} "
-        f"({predictor.nfe} NFE), {'grid' if args.grid else f'overlap {overlap}'}"
+  how = ("inverse pass" if hasattr(run.task, "forward")
+         else f"{predictor.sampler} ({predictor.nfe} NFE)")
+  print(f"jisp reconstruct: run {run.workdir} step {run.step}, {how}, "
+        f"{'grid' if args.grid else f'overlap {overlap}'}"
         f"{', shared noise' if args.shared_noise else ''}, camera: {desc}", flush=True)
   key = jax.random.PRNGKey(args.seed)
   failed = 0

@@ -175,8 +175,11 @@ class DTDMTask:
       raise ConfigError(f"config block 'dtdm.degrade': {e}") from None
     self._estimator = None
     self._fns = {}
-    if self.direction == "rgb2raw":
-      self.estimator()  # the loss needs it: fail on a bad estimator before compiling
+    # Built now, outside any trace (restoring a checkpoint inside jit cannot work), and so
+    # a bad estimator fails before compiling. The one exception: a raw2rgb run can train
+    # without its G (training uses D^2(y)); predict then says the workdir is missing.
+    if self.direction == "rgb2raw" or d.estimator != "regression" or d.estimator_workdir:
+      self.estimator()
 
   # -- estimates ------------------------------------------------------------------
   def estimator(self):
@@ -247,56 +250,100 @@ class DTDMTask:
             "x_psnr": jnp.mean(psnr(x01, batch[self.target_key], axis=(1, 2, 3)))}
 
   # -- sampling ---------------------------------------------------------------------
+  # The tiled reconstruct / eval tools (jisp.infer.predict) read these like DDPMTask's.
+  raw_channels = 3   # channels of y_hat (whatever the direction)
+  cond_channels = 3
+
+  def _check_sampler(self, sampler):
+    # DTDM has its own reverse process; the DDPM arms run ancestral DDPM. Refuse other
+    # sampler names rather than silently ignore them.
+    ok = (None, "dtdm") if self.process == "dtdm" else (None, "dtdm", "ddpm")
+    if sampler not in ok:
+      raise ValueError(f"{self.process} runs sample with sampler "
+                       f"{' or '.join(repr(o) for o in ok if o)}, not {sampler!r}")
+
+  def _clip_dtdm(self, f_fn):
+    """f with the y_hat it implies (Eq. 21) clipped to [-1, 1]: f + (A/S)(y_hat - clip)."""
+    A = jnp.asarray(self.schedule.sqrt_alpha_bars, jnp.float32)
+    S = jnp.asarray(self.schedule.sqrt_one_minus_alpha_bars, jnp.float32)
+
+    def wrapped(m, t):
+      f = f_fn(m, t)
+      ti = jnp.round(t).astype(jnp.int32)
+      sh = (-1,) + (1,) * (m.ndim - 1)
+      a, s = A[ti].reshape(sh), S[ti].reshape(sh)
+      y_hat = (m - s * f) / a
+      return f + (a / s) * (y_hat - jnp.clip(y_hat, -1.0, 1.0))
+    return wrapped
+
   def sample_model_range(self, params, w, x, rng, *, steps=None, eta=None, start=None,
-                         noise=True):
-    """y_hat in model range from condition w and estimate x (both model range)."""
+                         x_init=None, clip_x0=True):
+    """y_hat in model range from condition w and estimate x (both model range).
+
+    x_init: the start noise eps (N(0, I), shape of x): m_s = sqrt(ab_s) x + sqrt(1-ab_s) eps
+    for DTDM and DDPM-from-estimate, x_T = eps for DDPM-from-noise; drawn from rng if None.
+    clip_x0 keeps the clean-image prediction of every network call in [-1, 1] (Ho et al.'s
+    clip_denoised; for DTDM the y_hat of Eq. 21); Algorithm 2 as printed has no clipping.
+    """
     f = self.net_fn(params, w, x)
     T = self.schedule.num_timesteps
-    if self.process == "dtdm":
-      return dtdm.sample(f, self.schedule, self.s, x, rng, num_steps=steps,
-                         eta=self.eta if eta is None else eta, noise=noise)
-    start = self.config.dtdm.ddpm_start if start is None else start
     k0, k1 = jax.random.split(rng)
-    eps = samplers._normal_like(k0, x)
+    eps = samplers._normal_like(k0, x) if x_init is None else jnp.asarray(x_init, x.dtype)
+    if self.process == "dtdm":
+      f = self._clip_dtdm(f) if clip_x0 else f
+      m_s = dtdm.start_state(self.schedule, self.s, x, eps)
+      return dtdm.sample(f, self.schedule, self.s, x, k1, num_steps=steps, m_init=m_s,
+                         eta=self.eta if eta is None else eta)
+    f = samplers.clip_denoised(f, self.schedule) if clip_x0 else f
+    start = self.config.dtdm.ddpm_start if start is None else start
     if start == "estimate":
-      t0, x_init = self.s, dtdm.start_state(self.schedule, self.s, x, eps)
+      t0, state = self.s, dtdm.start_state(self.schedule, self.s, x, eps)
     elif start == "noise":
-      t0, x_init = T, eps
+      t0, state = T, eps
     else:
       raise ValueError(f"dtdm: start must be 'estimate' or 'noise', got {start!r}")
     if steps is None or int(steps) == t0:
-      return samplers.ddpm_sample(f, self.schedule, x_init, k1, start_step=t0)
+      return samplers.ddpm_sample(f, self.schedule, state, k1, start_step=t0)
     # Fewer steps than timesteps: DDIM with eta=1 is ancestral DDPM on a strided grid.
-    return samplers.ddim_sample(f, self.schedule, x_init, k1, num_steps=int(steps), eta=1.0,
+    return samplers.ddim_sample(f, self.schedule, state, k1, num_steps=int(steps), eta=1.0,
                                 start_step=t0)
 
-  def sampler_fn(self, *, steps=None, eta=None, start=None):
-    """The jitted (params, cond01, rng) -> y_hat in [0, 1] that `predict` runs; cached per
-    (steps, eta, start), so a caller can also `.lower(...).compile()` it to time apart."""
-    key = (steps, eta, start)
-    if key not in self._fns:
-      est = self.estimator()
-
-      def run(params, cond01, rng):
-        x01 = est(cond01)
-        out = self.sample_model_range(params, to_model_range(cond01), to_model_range(x01),
-                                      rng, steps=steps, eta=eta, start=start)
-        return jnp.clip(out * 0.5 + 0.5, 0.0, 1.0)
-      self._fns[key] = jax.jit(run)
-    return self._fns[key]
-
-  def nfe(self, *, steps=None, start=None) -> int:
+  def nfe(self, *, steps=None, start=None, sampler=None, **kw) -> int:
     """Network evaluations of one `predict` call with these options."""
+    del kw
+    self._check_sampler(sampler)
     if steps is not None:
       return int(steps)
     if self.process == "ddpm" and (start or self.config.dtdm.ddpm_start) == "noise":
       return self.schedule.num_timesteps
     return self.s
 
-  def predict(self, params, cond_patches, rng, *, steps=None, eta=None, start=None, **kw):
+  def predict(self, params, cond_patches, rng, *, steps=None, sampler=None, eta=None,
+              start=None, x_init=None, clip_x0=True, **kw):
     """y_hat in [0, 1] for condition patches (B, P, P, 3) in [0, 1] (the RAW for raw2rgb,
-    the sRGB for rgb2raw). steps: network calls (default s; all T for DDPM from noise;
-    fewer = strided). eta: DTDM noise scale (default config). start: DDPM arms only."""
-    del kw
-    fn = self.sampler_fn(steps=steps, eta=eta, start=start)
-    return fn(params, jnp.asarray(cond_patches, jnp.float32), rng)
+    the sRGB for rgb2raw); x = the estimator's output on them (G(w) for raw2rgb).
+
+    steps: network calls (default s; all T for DDPM from noise; fewer = strided).
+    sampler: None or "dtdm" ("ddpm" also for the DDPM arms). eta: DTDM noise scale
+    (default config). start: DDPM arms only ("estimate" / "noise"). x_init, clip_x0: see
+    `sample_model_range`. Pure and jit-able (steps/eta/start/clip_x0 static).
+    """
+    if kw:
+      raise TypeError(f"DTDMTask.predict: unexpected options {sorted(kw)}")
+    self._check_sampler(sampler)
+    cond01 = jnp.asarray(cond_patches, jnp.float32)
+    x01 = self.estimator()(cond01)
+    out = self.sample_model_range(params, to_model_range(cond01), to_model_range(x01), rng,
+                                  steps=steps, eta=eta, start=start, x_init=x_init,
+                                  clip_x0=clip_x0)
+    return jnp.clip(out * 0.5 + 0.5, 0.0, 1.0)
+
+  def sampler_fn(self, *, steps=None, eta=None, start=None, clip_x0=True):
+    """jax.jit of (params, cond01, rng) -> predict(...), cached per option set, so a caller
+    can `.lower(...).compile()` it and time compile and run apart."""
+    key = (steps, eta, start, clip_x0)
+    if key not in self._fns:
+      self.estimator()  # load G outside the trace
+      self._fns[key] = jax.jit(lambda p, c, r: self.predict(
+          p, c, r, steps=steps, eta=eta, start=start, clip_x0=clip_x0))
+    return self._fns[key]
