@@ -61,6 +61,15 @@ def eval_files(data_dir, config) -> tuple[list[Path], str, str]:
   return files, reconstruct.data_protocol(config), f"RAW folder {d} ({len(files)} files)"
 
 
+def raw_to_rgb(task) -> bool:
+  """True for tasks that predict sRGB from RAW (DTDM raw2rgb, regression raw2rgb)."""
+  return getattr(task, "cond_key", "rgb") == "raw"
+
+
+def target_name(task) -> str:
+  return "sRGB" if raw_to_rgb(task) else "RAW"
+
+
 def load_pair(path, protocol: str) -> tuple[np.ndarray, np.ndarray]:
   """(sRGB input, true RAW) of one RAW file, both float32 (H, W, 3), as in training."""
   from jisp.data import pairs, raw_io
@@ -85,10 +94,13 @@ def tiling_settings(args, patch: int) -> list[dict]:
 
 
 def score(pred, true, layout) -> dict:
-  return {"raw_psnr": metrics.tiled_psnr(pred, true, 3),
-          "raw_psnr_full": float(metrics.psnr(pred, true)),
-          "raw_ssim": float(metrics.ssim(pred, true)) if min(pred.shape[:2]) > 10 else None,
-          "seam_ratio": tiling.seam_ratio(pred, layout, true)}
+  out = {"raw_psnr": metrics.tiled_psnr(pred, true, 3),
+         "raw_psnr_full": float(metrics.psnr(pred, true)),
+         "raw_ssim": float(metrics.ssim(pred, true)) if min(pred.shape[:2]) > 10 else None,
+         "seam_ratio": tiling.seam_ratio(pred, layout, true)}
+  for name, fn in metrics.EXTRA_METRICS.items():  # e.g. LPIPS, where the weights exist
+    out[name] = float(fn(np.asarray(pred), np.asarray(true)))
+  return out
 
 
 def evaluate(run, predictor, files, protocol, settings, *, seed=0, progress=False,
@@ -104,6 +116,8 @@ def evaluate(run, predictor, files, protocol, settings, *, seed=0, progress=Fals
       if log:
         log(f"skipped: {skipped[-1]}")
       continue
+    if raw_to_rgb(run.task):  # DiffRAW direction: RAW in, the camera's sRGB is the truth
+      rgb, true = true, rgb
     entry = {"file": str(path), "size": [int(rgb.shape[0]), int(rgb.shape[1])], "results": {}}
     for j, s in enumerate(settings):
       layout = reconstruct.layout_for(predictor, rgb.shape, overlap=s["overlap"],
@@ -121,7 +135,7 @@ def evaluate(run, predictor, files, protocol, settings, *, seed=0, progress=Fals
       if j == 0:
         rows.append((Path(path).name, rgb, pred, true, r["raw_psnr"]))
       if log:
-        log(f"{Path(path).name} [{s['name']}]: RAW PSNR {r['raw_psnr']:.2f} dB "
+        log(f"{Path(path).name} [{s['name']}]: {target_name(run.task)} PSNR {r['raw_psnr']:.2f} dB "
             f"(3x3 tiles), {secs:.2f} s")
     per_image.append(entry)
   if not per_image:
@@ -137,6 +151,7 @@ def evaluate(run, predictor, files, protocol, settings, *, seed=0, progress=Fals
         seconds_per_image=mean("seconds")))
   results = {
       "workdir": run.workdir, "step": run.step, "task": run.task.name,
+      "target": "rgb" if raw_to_rgb(run.task) else "raw",  # what *_raw_psnr measures
       "sampler": predictor.sampler, "steps": predictor.steps, "nfe": predictor.nfe,
       "protocol": protocol, "devices": predictor.n_dev, "max_batch": predictor.max_batch,
       "n_images": len(per_image), "skipped": skipped,
@@ -300,7 +315,7 @@ def _write_results(args, run, results, rows) -> int:
     print(f"results: {out / 'results.json'}\nreport: {out / 'report.png'}", flush=True)
   else:
     s = results["settings"][0]
-    print(f"RAW PSNR {s['mean_raw_psnr']:.2f} dB (3x3 tiles, mean of {results['n_images']} "
+    print(f"{target_name(run.task)} PSNR {s['mean_raw_psnr']:.2f} dB (3x3 tiles, mean of {results['n_images']} "
           f"images), {s['seconds_per_image']:.2f} s/image")
     if len(results["settings"]) > 1:
       print(tiling_table(results["settings"]))

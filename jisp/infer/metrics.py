@@ -10,6 +10,16 @@ import numpy as np
 
 MAX_PSNR = 100.0
 
+# Perceptual metrics (LPIPS, FID, MUSIQ, CLIPIQA) need network weights that cannot be
+# downloaded offline, so none ships. A user who has them registers
+# `fn(pred, true) -> float` (HxWx3 numpy in [0, 1]) here and `jisp eval` reports it per
+# image and setting next to PSNR/SSIM.
+EXTRA_METRICS: dict = {}
+
+
+def register_metric(name: str, fn) -> None:
+  EXTRA_METRICS[name] = fn
+
 
 def psnr(x, y, data_range: float = 1.0):
   """10 log10(range^2 / MSE) over all pixels and channels (scalar jnp float32)."""

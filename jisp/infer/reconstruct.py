@@ -237,6 +237,13 @@ def _err(cmd, msg):
   print(f"jisp {cmd}: error: {' '.join(str(msg).split())}", file=sys.stderr)
 
 
+def read_raw_condition(path, protocol: str) -> np.ndarray:
+  """A camera RAW file as the RAW condition of a RAW -> sRGB run (training protocol)."""
+  from jisp.data import pairs, raw_io
+  cap = raw_io.read_capture(path)
+  return np.asarray(pairs.make_pair(cap, raw_io.render_srgb(cap), protocol)["raw"], np.float32)
+
+
 def run_reconstruct(args) -> int:
   """CLI body; returns the exit status (0 all written, 1 some inputs failed, 2 no run)."""
   try:
@@ -257,10 +264,11 @@ def run_reconstruct(args) -> int:
         f"{', shared noise' if args.shared_noise else ''}, camera: {desc}", flush=True)
   key = jax.random.PRNGKey(args.seed)
   failed = 0
+  to_rgb = getattr(run.task, "cond_key", "rgb") == "raw"  # DiffRAW: RAW file in, sRGB out
   for i, (path, stem) in enumerate(zip(args.inputs, _stems(args.inputs))):
     try:
-      rgb, _ = images.read_image(path)
-    except images.ImageError as e:
+      rgb = read_raw_condition(path, protocol) if to_rgb else images.read_image(path)[0]
+    except (images.ImageError, ValueError, OSError) as e:
       _err("reconstruct", e)
       failed += 1
       continue
@@ -271,6 +279,12 @@ def run_reconstruct(args) -> int:
                         shared_noise=args.shared_noise, key=jax.random.fold_in(key, i),
                         progress=not args.no_progress, desc=Path(path).name)
     secs = time.perf_counter() - t0
+    if to_rgb:
+      png = out / f"{stem}.png"
+      images.write_png(png, np.clip(np.asarray(raw) * 255.0 + 0.5, 0, 255).astype(np.uint8))
+      images.write_tiff16(out / f"{stem}_srgb16.tif", np.asarray(raw))
+      print(f"{path} -> {png} ({rgb.shape[1]}x{rgb.shape[0]}, {secs:.1f} s)", flush=True)
+      continue
     try:
       paths = write_outputs(out, stem, raw, protocol, profile)
     except (OSError, ValueError) as e:
