@@ -90,37 +90,35 @@ def stage_reconstruct(out: pathlib.Path, fast: bool) -> None:
         f"numbers {run / 'eval' / 'results.json'}")
 
 
-def stage_dtdm(out: pathlib.Path, fast: bool) -> None:
+def _train_tiny(out: pathlib.Path, config: str, run_name: str, steps: int) -> pathlib.Path:
+  """Trains a tiny config on the demo shards with the one train loop; returns the run dir."""
   from jisp import config_utils
-  from jisp.cli import main
   from jisp.train.loop import train
-  steps = 40 if fast else 300
-  run = out / "runs" / "dtdm"
-  cfg = config_utils.load(_config_path("dtdm_rgb2raw_tiny.py"), [
+  run = out / "runs" / run_name
+  cfg = config_utils.load(_config_path(config), [
       f"--config.data.dir={out / 'prepared'}", f"--config.num_steps={steps}",
       "--config.log_every=20", f"--config.checkpoint_every={steps}", f"--config.eval_every={steps}"])
   train(cfg, str(run))
-  # 25 strided reverse steps from s=100 keep the demo within its time budget.
-  rc = main(["eval", "--workdir", str(run), "--data", str(out / "prepared"), "--max-images", "1",
-             "--steps", "25"])
+  return run
+
+
+def _eval(out: pathlib.Path, run: pathlib.Path, stage: str, *extra: str) -> None:
+  from jisp.cli import main
+  rc = main(["eval", "--workdir", str(run), "--data", str(out / "prepared"), *extra])
   if rc != 0:
-    raise RuntimeError(f"demo/dtdm: jisp eval failed ({rc})")
+    raise RuntimeError(f"demo/{stage}: jisp eval failed ({rc})")
+
+
+def stage_dtdm(out: pathlib.Path, fast: bool) -> None:
+  run = _train_tiny(out, "dtdm_rgb2raw_tiny.py", "dtdm", 40 if fast else 300)
+  # 25 strided reverse steps from s=100 keep the demo within its time budget.
+  _eval(out, run, "dtdm", "--max-images", "1", "--steps", "25")
   print(f"demo/dtdm: DTDM run {run}; report {run / 'eval' / 'report.png'}")
 
 
 def stage_flow(out: pathlib.Path, fast: bool) -> None:
-  from jisp import config_utils
-  from jisp.cli import main
-  from jisp.train.loop import train
-  steps = 40 if fast else 150
-  run = out / "runs" / "flow"
-  cfg = config_utils.load(_config_path("invisp_tiny.py"), [
-      f"--config.data.dir={out / 'prepared'}", f"--config.num_steps={steps}",
-      "--config.log_every=20", f"--config.checkpoint_every={steps}", f"--config.eval_every={steps}"])
-  train(cfg, str(run))
-  rc = main(["eval", "--workdir", str(run), "--data", str(out / "prepared"), "--max-images", "2"])
-  if rc != 0:
-    raise RuntimeError(f"demo/flow: jisp eval failed ({rc})")
+  run = _train_tiny(out, "invisp_tiny.py", "flow", 40 if fast else 150)
+  _eval(out, run, "flow", "--max-images", "2")
   print(f"demo/flow: flow ISP run {run}; JPEG round-trip report {run / 'eval' / 'report.png'}")
 
 
