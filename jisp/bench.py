@@ -28,6 +28,17 @@ def compiled_flops(compiled, num_devices: int) -> float:
   return float(ca.get("flops", 0.0)) * num_devices
 
 
+def _time_steps(step_fn, state, batch, steps: int):
+  """One warm-up step, then seconds per step over `steps` (state is donated each call)."""
+  state, m = step_fn(state, batch)
+  jax.block_until_ready(m)
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    state, m = step_fn(state, batch)
+  jax.block_until_ready(m)
+  return state, m, (time.perf_counter() - t0) / steps
+
+
 def _random_batch(spec, mesh, seed=0):
   rng = np.random.default_rng(seed)
   local = {k: rng.random(s.shape, np.float32) for k, s in spec.items()}
@@ -52,13 +63,7 @@ def bench_train(config, steps: int = 5, json_out: bool = False, device_counts=No
     compiled = step_fn.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
     flops = compiled_flops(compiled, n)
-    state, m = compiled(state, batch)   # warm-up
-    jax.block_until_ready(m)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-      state, m = compiled(state, batch)
-    jax.block_until_ready(m)
-    dt = (time.perf_counter() - t0) / steps
+    state, m, dt = _time_steps(compiled, state, batch, steps)
     rec = {
         "bench": "train", "task": task.name, "devices": n,
         "platform": jax.devices()[0].platform, "device_kind": jax.devices()[0].device_kind,
@@ -117,13 +122,7 @@ def bench_data(config, steps: int = 20, json_out: bool = False) -> list[dict]:
   state, state_sh = loop.init_state(task, tx, config, mesh)
   step_fn = loop.compile_train_step(task, tx, lr_fn, config, mesh, state_sh)
   batch = mesh_lib.to_global(src.next(), mesh)
-  state, m = step_fn(state, batch)
-  jax.block_until_ready(m)
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    state, m = step_fn(state, batch)
-  jax.block_until_ready(m)
-  step_dt = (time.perf_counter() - t0) / steps
+  state, _, step_dt = _time_steps(step_fn, state, batch, steps)
   emit({"bench": "data", "what": "train_step_only", "devices": jax.device_count(),
         "patches_per_s": round(config.batch_size / step_dt, 1)})
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from jisp.data.indexed_source import IndexedBatchSource
+
 _SPLIT_IDS = {"train": 0, "test": 1, "eval": 1}
 
 # A plausible camera->sRGB matrix (rows sum to 1), fixed so the mapping is learnable.
@@ -57,7 +59,7 @@ def make_pair(rng: np.random.Generator, p: int) -> tuple[np.ndarray, np.ndarray]
   return rgb.astype(np.float32), raw.astype(np.float32)
 
 
-class SyntheticSource:
+class SyntheticSource(IndexedBatchSource):
   """Process-local batches of the global batch number `self.batches`."""
 
   def __init__(self, *, patch_size: int, local_batch: int, seed: int,
@@ -79,17 +81,3 @@ class SyntheticSource:
       rgbs.append(rgb)
       raws.append(raw)
     return {"rgb": np.stack(rgbs), "raw": np.stack(raws)}
-
-  def next(self) -> dict[str, np.ndarray]:
-    b = self.batch_at(self.batches)
-    self.batches += 1
-    return b
-
-  def get_state(self) -> dict:
-    return {"batches": self.batches}
-
-  def set_state(self, state: dict) -> None:
-    self.batches = int(state["batches"])
-
-  def close(self) -> None:
-    pass

@@ -21,6 +21,8 @@ from typing import Iterator
 
 import numpy as np
 
+from jisp.data.indexed_source import IndexedBatchSource
+
 RAW_DIR, RGB_DIR = "huawei_raw", "canon"
 PATTERN = "RGGB"
 BLACK_LEVEL, WHITE_LEVEL = 63.0, 1020.0
@@ -124,7 +126,7 @@ def iter_pairs(root, split: str = "train", **kw) -> Iterator[dict]:
     yield load_pair(raw, rgb, **kw)
 
 
-class ZRRSource:
+class ZRRSource(IndexedBatchSource):
   """Random aligned patches of ZRR pairs as batches {"raw", "rgb"} (B, P, P, 3): the
   source protocol of jisp.train (next / get_state / set_state / close). Each example is a
   pure function of (seed, split, batch number, global index), like SyntheticSource, so
@@ -157,17 +159,3 @@ class ZRRSource:
     first = self.process_index * self.local_batch
     ex = [self.example(n, i) for i in range(first, first + self.local_batch)]
     return {"raw": np.stack([e[0] for e in ex]), "rgb": np.stack([e[1] for e in ex])}
-
-  def next(self) -> dict[str, np.ndarray]:
-    b = self.batch_at(self.batches)
-    self.batches += 1
-    return b
-
-  def get_state(self) -> dict:
-    return {"batches": self.batches}
-
-  def set_state(self, state: dict) -> None:
-    self.batches = int(state["batches"])
-
-  def close(self) -> None:
-    pass
