@@ -99,7 +99,7 @@ def _timed_options(task, sampler, steps, nfe, timed_nfe):
 
 def bench_sample(config, *, sampler=None, steps=None, batch=16, devices=None, workdir=None,
                  repeats=2, warmup=1, image_size=DEFAULT_IMAGE, overlap=0, grid=True,
-                 timed_nfe=None, matmul_n=2048, seed=0, log=None) -> dict:
+                 timed_nfe=None, matmul_n=2048, seed=0, net_chunk="auto", log=None) -> dict:
   """One measurement (a dict; see the module docstring for the fields)."""
   if workdir:
     run = predict.load_run(workdir)
@@ -117,7 +117,8 @@ def bench_sample(config, *, sampler=None, steps=None, batch=16, devices=None, wo
   nfe = task.nfe(sampler=sampler, steps=steps)
   t_steps, t_kw = _timed_options(task, sampler, steps, nfe, timed_nfe)
   pred = predict.PatchPredictor(task, params, sampler=sampler, steps=t_steps,
-                                max_batch=batch, devices=devices, sampler_kw=t_kw)
+                                max_batch=batch, devices=devices, sampler_kw=t_kw,
+                                net_chunk=net_chunk)
   if batch % pred.n_dev:
     raise ValueError(f"--batch {batch} is not a multiple of the {pred.n_dev} devices")
   say = log or (lambda m: None)
@@ -155,6 +156,7 @@ def bench_sample(config, *, sampler=None, steps=None, batch=16, devices=None, wo
   return {
       "impl": "jax", "sampler": sampler, "steps": steps if steps is not None else nfe,
       "nfe": nfe, "batch": batch, "patch": p, "devices": pred.n_dev,
+      "net_chunk": pred.net_chunk_for(batch) or batch,
       "backend": jax.default_backend(), "device_kind": getattr(dev, "device_kind", ""),
       "dtype": str(config.model.get("dtype", "float32")), "params": source,
       "n_params": int(sum(np.size(x) for x in jax.tree.leaves(params))),
@@ -180,7 +182,8 @@ def _human(r: dict) -> str:
         if r["achieved_gflops"] else "FLOPs unavailable; ")
   return "\n".join([
       f"{r['sampler']} {r['nfe']} NFE, batch {r['batch']} x {r['patch']}x{r['patch']} on "
-      f"{r['devices']} {r['backend']} device(s), {r['dtype']}",
+      f"{r['devices']} {r['backend']} device(s), {r['dtype']}, network called on "
+      f"{r['net_chunk']} patches at a time",
       f"  {r['seconds']:.3f} s per batch{ext}; compile {r['compile_s']:.1f} s (apart)",
       f"  {r['patch_nfe_per_s']:.1f} patch-NFE/s; {fl}"
       f"the {r['matmul_ceiling_gflops']:.1f} GFLOP/s fp32 matmul ceiling",
@@ -199,6 +202,7 @@ def run_bench_sample(args, config=None) -> int:
                      devices=args.devices, workdir=args.workdir, repeats=args.repeats,
                      warmup=args.warmup, image_size=args.image_size,
                      timed_nfe=args.timed_nfe, matmul_n=args.matmul_n, seed=args.seed,
+                     net_chunk=getattr(args, "net_chunk", "auto"),
                      log=None if args.json else (lambda m: print(m, flush=True)))
   except (ValueError, FileNotFoundError) as e:
     print(f"jisp bench sample: error: {' '.join(str(e).split())}", file=sys.stderr)

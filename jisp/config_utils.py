@@ -17,6 +17,13 @@ REQUIRED_TOP_LEVEL = ("seed", "batch_size", "num_steps", "log_every",
                       "checkpoint_every", "eval_every")
 
 
+# Keys every config has, with these defaults when its file does not set them (so
+# `--config.micro_batch=4` works on any config).
+OPTIONAL_TOP_LEVEL = {
+    "micro_batch": 0,  # examples per forward/backward inside a train step; 0 = whole batch
+}
+
+
 class ConfigError(ValueError):
   """A config file, key or value that cannot be used."""
 
@@ -37,6 +44,9 @@ def load_config_file(path) -> ml_collections.ConfigDict:
   cfg = module.get_config()
   if not isinstance(cfg, ml_collections.ConfigDict):
     raise ConfigError(f"config file {path}: get_config() must return an ml_collections.ConfigDict")
+  for k, v in OPTIONAL_TOP_LEVEL.items():
+    if k not in cfg:
+      cfg[k] = v
   return cfg
 
 

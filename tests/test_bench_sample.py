@@ -51,6 +51,7 @@ def test_bench_random_init_without_data_stack():
                         "--json", "--matmul-n", "256", "--repeats", "2", *MICRO))
   assert r["sampler"] == "ddim" and r["nfe"] == 3 and r["batch"] == 4 and r["devices"] == 2
   assert r["patch"] == 16 and r["params"] == "random init" and not r["extrapolated"]
+  assert r["net_chunk"] == 4  # 'auto' on CPU is 2 per device: a batch of 4 is one call
   assert len(r["seconds_runs"]) == 2 and r["seconds"] == float(np.median(r["seconds_runs"]))
   assert r["compile_s"] > 0 and r["seconds"] > 0
   assert abs(r["patch_nfe_per_s"] - 4 * 3 / r["seconds"]) < 1e-6 * r["patch_nfe_per_s"]
@@ -62,6 +63,18 @@ def test_bench_random_init_without_data_stack():
   assert r["image_size"] == "2012x1324" and r["patches_per_image"] == 126 * 83
   assert r["batches_per_image"] == -(-126 * 83 // 4)
   assert abs(r["seconds_per_image"] - r["seconds"] * r["batches_per_image"]) < 1e-9
+
+
+def test_bench_net_chunk_option():
+  r = _json_line(_bench("--config", CFG, "--sampler", "ddim", "--steps", "2", "--batch", "8",
+                        "--net-chunk", "4", "--json", "--matmul-n", "128", "--repeats", "1",
+                        *MICRO))
+  assert r["net_chunk"] == 4 and r["batch"] == 8
+  p = _bench("--config", CFG, "--sampler", "ddim", "--steps", "2", "--batch", "8",
+             "--net-chunk", "3", "--json", *MICRO)
+  assert p.returncode == 2 and p.stdout == ""
+  err = p.stderr.strip().splitlines()
+  assert len(err) == 1 and "net chunk 3 must be a positive multiple of the 2 devices" in err[0]
 
 
 def test_bench_trained_run_and_extrapolated_ddpm(tmp_path):

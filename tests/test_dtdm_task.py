@@ -66,6 +66,11 @@ def test_rgb2raw_trains_through_the_loop_and_predicts(runs):
   out = pred(b["rgb"], z, jax.random.PRNGKey(0))
   _check_image(out, b["raw"].shape)
   np.testing.assert_array_equal(pred(b["rgb"], z, jax.random.PRNGKey(0)), out)
+  # the network called 2 patches at a time (models.microbatch) gives the same patches
+  split = PatchPredictor(task, params, sampler="dtdm", steps=None, max_batch=4, devices=2,
+                         net_chunk=2)
+  assert split.net_chunk_for(4) == 2
+  np.testing.assert_allclose(split(b["rgb"], z, jax.random.PRNGKey(0)), out, atol=1e-4)
   # The estimate is computed from the sRGB alone, and it is the UPI inverse.
   x = np.asarray(task.estimate(b["rgb"]))
   assert _psnr(x, b["raw"]) > 12.0 and task.nfe() == 100

@@ -104,9 +104,10 @@ def test_eval_prepared_folder_uses_its_test_split(setup, tmp_path):
   (tmp_path / "manifest.json").write_text(json.dumps(
       {"raw_dir": str(raws[0].parent), "protocol": "invisp", "files": files}))
   args = _args("--workdir", wd, "--data", tmp_path, "--json", "--sampler", "ddim", "--steps",
-               "2", "--tiling-report", "--max-batch", "32", "--overlap", "8")
+               "2", "--tiling-report", "--max-batch", "32", "--overlap", "8", "--eta", "1")
   assert evaluate.run_eval(args) == 0
   res = json.loads((wd / "eval" / "results.json").read_text())
+  assert res["sampler_options"] == {"eta": 1.0}
   assert [e["file"] for e in res["images"]] == [str(raws[0]), str(raws[2])]
   names = [s["name"] for s in res["settings"]]
   assert names == ["grid", "overlap8", "overlap8+shared"]
@@ -124,3 +125,8 @@ def test_eval_errors_are_one_line(setup, tmp_path, capsys):
   (tmp_path / "manifest.json").write_text(json.dumps({"raw_dir": str(tmp_path), "files": []}))
   assert evaluate.run_eval(_args("--workdir", wd, "--data", tmp_path)) == 2
   assert "no test-split files" in capsys.readouterr().err
+  raws_dir = setup[1][0].parent
+  assert evaluate.run_eval(_args("--workdir", wd, "--data", raws_dir, "--sampler",
+                                 "dpm_solver", "--eta", "1")) == 2
+  err = capsys.readouterr().err.strip()
+  assert "\n" not in err and "--eta is an option of the ddim sampler" in err

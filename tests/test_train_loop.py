@@ -67,6 +67,18 @@ def test_same_losses_on_1_and_8_devices_and_2_processes(one_device_run, tmp_path
       assert _rel(other[s], ref[s]) < 1e-4, (s, other[s], ref[s])
 
 
+def test_micro_batched_steps_are_the_same_on_1_and_8_devices(tmp_path):
+  # micro_batch is global, so every layout draws the same keys for the same examples
+  args = [*MICRO, "--config.batch_size=16", "--config.micro_batch=8", "--config.num_steps=3",
+          "--config.log_every=1", "--config.checkpoint_every=100"]
+  run_jisp("train", "--config", CFG, "--workdir", str(tmp_path / "one"), *args, devices=1)
+  run_jisp("train", "--config", CFG, "--workdir", str(tmp_path / "eight"), *args, devices=8)
+  a, b = losses(tmp_path / "one"), losses(tmp_path / "eight")
+  assert sorted(a) == [1, 2, 3]
+  for s in (1, 2, 3):
+    assert _rel(b[s], a[s]) < 1e-4, (s, b[s], a[s])
+
+
 def _train_args(wd, steps=10):
   return ["train", "--config", CFG, "--workdir", str(wd), *MICRO, f"--config.num_steps={steps}",
           "--config.log_every=1", "--config.checkpoint_every=2"]

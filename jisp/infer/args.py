@@ -8,6 +8,9 @@ from __future__ import annotations
 
 SAMPLERS = ("ddpm", "ddim", "dpm_solver", "dpm_solver_pp")
 DEFAULT_IMAGE = "2012x1324"  # a FiveK Nikon D700 frame (seconds per image in the bench)
+NET_CHUNK_HELP = ("network micro-batch: patches per network call inside the sampler, a "
+                  "multiple of the devices; 'auto' = 2 per device on CPU (cache-sized), the "
+                  "whole batch on accelerators; 'none' = the whole batch")
 
 
 def add_common_args(p, with_workdir=True):
@@ -18,6 +21,9 @@ def add_common_args(p, with_workdir=True):
                  help="default: the run config's sampling.sampler")
   p.add_argument("--steps", type=int, default=None,
                  help="sampler steps (NFE for DPM-Solver); ddpm always runs all T")
+  p.add_argument("--eta", type=float, default=None,
+                 help="DDIM noise scale: 0 deterministic (default), 1 ancestral on the "
+                      "strided grid (also DTDM's eta)")
   p.add_argument("--overlap", type=int, default=None,
                  help="pixels shared by neighbouring patches (default patch/4)")
   p.add_argument("--grid", action="store_true",
@@ -28,6 +34,8 @@ def add_common_args(p, with_workdir=True):
   p.add_argument("--max-batch", type=int, default=256,
                  help="patches per sampler call (bounds memory)")
   p.add_argument("--devices", type=int, default=None, help="devices to shard over (all)")
+  p.add_argument("--net-chunk", default="auto", metavar="N|auto|none",
+                 help=NET_CHUNK_HELP)
   p.add_argument("--no-progress", action="store_true")
   return p
 
@@ -67,6 +75,7 @@ def add_bench_sample_args(p):
   add("--json", action="store_true", help="print one JSON line")
   add("--workdir", default=None, help="trained run (default: random init)")
   add("--devices", type=int, default=None, help="local devices to shard over (all)")
+  add("--net-chunk", default="auto", metavar="N|auto|none", help=NET_CHUNK_HELP)
   add("--repeats", type=int, default=2, help="timed runs (median reported)")
   add("--warmup", type=int, default=1, help="untimed runs after compile")
   add("--image-size", default=DEFAULT_IMAGE, help="WxH of the image for seconds/image")

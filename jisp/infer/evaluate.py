@@ -153,6 +153,7 @@ def evaluate(run, predictor, files, protocol, settings, *, seed=0, progress=Fals
       "workdir": run.workdir, "step": run.step, "task": run.task.name,
       "target": "rgb" if raw_to_rgb(run.task) else "raw",  # what *_raw_psnr measures
       "sampler": predictor.sampler, "steps": predictor.steps, "nfe": predictor.nfe,
+      "sampler_options": dict(predictor.sampler_kw),
       "protocol": protocol, "devices": predictor.n_dev, "max_batch": predictor.max_batch,
       "n_images": len(per_image), "skipped": skipped,
       "mean_raw_psnr": summary[0]["mean_raw_psnr"],
@@ -288,8 +289,9 @@ def run_eval(args) -> int:
     predictor = reconstruct.make_predictor(run, args)
     settings = tiling_settings(args, predictor.patch)
     if log:
+      opts = "".join(f", {k}={v}" for k, v in predictor.sampler_kw.items())
       log(f"jisp eval: run {run.workdir} step {run.step}, {predictor.sampler} "
-          f"({predictor.nfe} NFE), {desc}")
+          f"({predictor.nfe} NFE{opts}), {desc}")
     results, rows = evaluate(run, predictor, files, protocol, settings, seed=args.seed,
                              progress=not (args.no_progress or args.json), log=log)
   except (predict.RunError, EvalError, reconstruct.ReconstructError, ValueError) as e:

@@ -219,8 +219,17 @@ def _stems(inputs):
 
 def make_predictor(run, args):
   sampler, steps = sampler_choice(args, run.config)
+  kw = {}
+  if getattr(args, "eta", None) is not None:
+    if sampler not in ("ddim", "dtdm"):
+      raise ReconstructError(f"--eta is an option of the ddim sampler (and DTDM runs), not "
+                             f"of {sampler}")
+    if not args.eta >= 0:
+      raise ReconstructError(f"--eta must be >= 0, got {args.eta}")
+    kw["eta"] = float(args.eta)
   return predict.PatchPredictor(run.task, run.params, sampler=sampler, steps=steps,
-                                max_batch=args.max_batch, devices=args.devices)
+                                max_batch=args.max_batch, devices=args.devices,
+                                sampler_kw=kw, net_chunk=getattr(args, "net_chunk", "auto"))
 
 
 def overlap_of(args, patch: int) -> int:
@@ -257,8 +266,9 @@ def run_reconstruct(args) -> int:
     return 2
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
+  opts = "".join(f", {k}={v}" for k, v in predictor.sampler_kw.items())
   how = ("inverse pass" if hasattr(run.task, "forward")
-         else f"{predictor.sampler} ({predictor.nfe} NFE)")
+         else f"{predictor.sampler} ({predictor.nfe} NFE{opts})")
   print(f"jisp reconstruct: run {run.workdir} step {run.step}, {how}, "
         f"{'grid' if args.grid else f'overlap {overlap}'}"
         f"{', shared noise' if args.shared_noise else ''}, camera: {desc}", flush=True)

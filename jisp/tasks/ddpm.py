@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 
 from jisp.diffusion import losses, samplers, schedules
-from jisp.models import unet
+from jisp.models import microbatch, unet
 
 
 def to_model_range(x):
@@ -89,20 +89,22 @@ class DDPMTask:
     return {"loss": loss}
 
   def predict(self, params, rgb_patches, rng, *, sampler, steps, x_init=None, clip_x0=True,
-              **kw):
+              net_chunk=None, **kw):
     """RAW patches in [0, 1] for sRGB patches (B, P, P, 3) in [0, 1], by conditional sampling.
 
     x_init: the starting noise (B, P, P, raw_channels) in the model's [-1, 1] space; drawn
     from `rng` when None (tiled reconstruction passes its own to share noise per pixel).
     `rng` also drives the noise of stochastic samplers. clip_x0 keeps the x0 implied by
-    each network call inside the data range (see samplers.clip_denoised). Pure and jit-able: sampler and
-    steps are static. Extra keywords go to the sampler (see `sampler_options`).
+    each network call inside the data range (see samplers.clip_denoised). net_chunk: evaluate
+    the network that many patches at a time (models.microbatch; None = whole batch). Pure
+    and jit-able: sampler, steps and net_chunk are static. Extra keywords go to the sampler
+    (see `sampler_options`).
     """
     cond = to_model_range(jnp.asarray(rgb_patches, jnp.float32))
     init_rng, sample_rng = jax.random.split(rng)
     if x_init is None:
       x_init = jax.random.normal(init_rng, cond.shape[:-1] + (self.raw_channels,), jnp.float32)
-    net = self.eps_fn(params)
+    net = microbatch.microbatched(self.eps_fn(params), net_chunk)
     # The condition is closed over, so every sampler sees a plain eps(x_t, t).
     out = lambda x, t: net(jnp.concatenate([x, cond], axis=-1), t)
     eps = losses.as_eps_fn(out, self.schedule, self.prediction,

@@ -35,7 +35,7 @@ import numpy as np
 from jisp.config_utils import ConfigError
 from jisp.diffusion import dtdm, losses, samplers, schedules
 from jisp.isp import degrade, tone, unprocess
-from jisp.models import unet
+from jisp.models import microbatch, unet
 from jisp.tasks.ddpm import to_model_range
 from jisp.tasks.regression import psnr
 
@@ -214,13 +214,14 @@ class DTDMTask:
     return self.model.init(rng, jnp.zeros((1, p, p, 9), jnp.float32),
                            jnp.ones((1,), jnp.float32))["params"]
 
-  def net_fn(self, params, cond, x, train=False, rng=None):
-    """f(m, t) with the condition and the estimate (model range) closed over."""
-    def f(m, t):
-      rngs = {"dropout": rng} if (train and rng is not None) else None
-      return self.model.apply({"params": params}, jnp.concatenate([m, cond, x], axis=-1), t,
-                              train=train, rngs=rngs)
-    return f
+  def net_fn(self, params, cond, x, train=False, rng=None, net_chunk=None):
+    """f(m, t) with the condition and the estimate (model range) closed over; net_chunk
+    evaluates the network that many patches at a time (models.microbatch)."""
+    rngs = {"dropout": rng} if (train and rng is not None) else None
+    apply = microbatch.microbatched(
+        lambda inp, t: self.model.apply({"params": params}, inp, t, train=train, rngs=rngs),
+        net_chunk)
+    return lambda m, t: apply(jnp.concatenate([m, cond, x], axis=-1), t)
 
   def _loss_terms(self, params, batch, rng, train):
     d_rng, x_rng, l_rng = jax.random.split(rng, 3)
@@ -277,15 +278,16 @@ class DTDMTask:
     return wrapped
 
   def sample_model_range(self, params, w, x, rng, *, steps=None, eta=None, start=None,
-                         x_init=None, clip_x0=True):
+                         x_init=None, clip_x0=True, net_chunk=None):
     """y_hat in model range from condition w and estimate x (both model range).
 
     x_init: the start noise eps (N(0, I), shape of x): m_s = sqrt(ab_s) x + sqrt(1-ab_s) eps
     for DTDM and DDPM-from-estimate, x_T = eps for DDPM-from-noise; drawn from rng if None.
     clip_x0 keeps the clean-image prediction of every network call in [-1, 1] (Ho et al.'s
     clip_denoised; for DTDM the y_hat of Eq. 21); Algorithm 2 as printed has no clipping.
+    net_chunk: see `net_fn`.
     """
-    f = self.net_fn(params, w, x)
+    f = self.net_fn(params, w, x, net_chunk=net_chunk)
     T = self.schedule.num_timesteps
     k0, k1 = jax.random.split(rng)
     eps = samplers._normal_like(k0, x) if x_init is None else jnp.asarray(x_init, x.dtype)
@@ -319,14 +321,15 @@ class DTDMTask:
     return self.s
 
   def predict(self, params, cond_patches, rng, *, steps=None, sampler=None, eta=None,
-              start=None, x_init=None, clip_x0=True, **kw):
+              start=None, x_init=None, clip_x0=True, net_chunk=None, **kw):
     """y_hat in [0, 1] for condition patches (B, P, P, 3) in [0, 1] (the RAW for raw2rgb,
     the sRGB for rgb2raw); x = the estimator's output on them (G(w) for raw2rgb).
 
     steps: network calls (default s; all T for DDPM from noise; fewer = strided).
     sampler: None or "dtdm" ("ddpm" also for the DDPM arms). eta: DTDM noise scale
     (default config). start: DDPM arms only ("estimate" / "noise"). x_init, clip_x0: see
-    `sample_model_range`. Pure and jit-able (steps/eta/start/clip_x0 static).
+    `sample_model_range`; net_chunk: see `net_fn`. Pure and jit-able (steps/eta/start/
+    clip_x0/net_chunk static).
     """
     if kw:
       raise TypeError(f"DTDMTask.predict: unexpected options {sorted(kw)}")
@@ -335,7 +338,7 @@ class DTDMTask:
     x01 = self.estimator()(cond01)
     out = self.sample_model_range(params, to_model_range(cond01), to_model_range(x01), rng,
                                   steps=steps, eta=eta, start=start, x_init=x_init,
-                                  clip_x0=clip_x0)
+                                  clip_x0=clip_x0, net_chunk=net_chunk)
     return jnp.clip(out * 0.5 + 0.5, 0.0, 1.0)
 
   def sampler_fn(self, *, steps=None, eta=None, start=None, clip_x0=True):
