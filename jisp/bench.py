@@ -69,7 +69,7 @@ def bench_train(config, steps: int = 5, json_out: bool = False, device_counts=No
         "bench": "train", "task": task.name, "devices": n,
         "platform": jax.devices()[0].platform, "device_kind": jax.devices()[0].device_kind,
         "batch": config.batch_size, "patch": config.data.patch_size,
-        "micro_batch": int(config.get("micro_batch", 0) or 0) or config.batch_size,
+        "micro_batch": loop.micro_batch_of(config) or config.batch_size,
         "seconds_per_step": round(dt, 4), "patches_per_s": round(config.batch_size / dt, 2),
         "gflop_per_step": round(flops / 1e9, 2), "achieved_gflops": round(flops / dt / 1e9, 2),
         "compile_s": round(compile_s, 2), "timed_steps": steps,

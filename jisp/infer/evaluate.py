@@ -289,9 +289,7 @@ def run_eval(args) -> int:
     predictor = reconstruct.make_predictor(run, args)
     settings = tiling_settings(args, predictor.patch)
     if log:
-      opts = "".join(f", {k}={v}" for k, v in predictor.sampler_kw.items())
-      log(f"jisp eval: run {run.workdir} step {run.step}, {predictor.sampler} "
-          f"({predictor.nfe} NFE{opts}), {desc}")
+      log(f"jisp eval: run {run.workdir} step {run.step}, {predictor.describe()}, {desc}")
     results, rows = evaluate(run, predictor, files, protocol, settings, seed=args.seed,
                              progress=not (args.no_progress or args.json), log=log)
   except (predict.RunError, EvalError, reconstruct.ReconstructError, ValueError) as e:

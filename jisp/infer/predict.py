@@ -145,10 +145,9 @@ class PatchPredictor:
     self.compile_seconds = {}
 
     def fn(params, rgb, x_init, key):
-      chunk = self.net_chunk_for(rgb.shape[0])  # shapes are static under jit
-      net_kw = {"net_chunk": chunk} if chunk else {}
+      # shapes are static under jit; tasks without a network loop ignore net_chunk
       return task.predict(params, rgb, key, sampler=sampler, steps=steps, x_init=x_init,
-                          **net_kw, **self.sampler_kw)
+                          net_chunk=self.net_chunk_for(rgb.shape[0]), **self.sampler_kw)
 
     self._jitted = jax.jit(fn, in_shardings=(self._rep, self._bsh, self._bsh, self._rep),
                            out_shardings=self._bsh)
@@ -158,10 +157,13 @@ class PatchPredictor:
     devices that divides the batch and is at most net_chunk (None: the whole batch)."""
     if not self.net_chunk or batch <= self.net_chunk:
       return None
-    for size in range(self.net_chunk, self.n_dev - 1, -self.n_dev):
-      if batch % size == 0:
-        return size if size < batch else None
-    return None
+    # batch is a multiple of n_dev, so the search ends at n_dev at the latest
+    return next(size for size in range(self.net_chunk, 0, -self.n_dev) if batch % size == 0)
+
+  def describe(self) -> str:
+    """'ddim (20 NFE, eta=1.0)': the sampler as the CLI tools print it."""
+    opts = "".join(f", {k}={v}" for k, v in self.sampler_kw.items())
+    return f"{self.sampler} ({self.nfe} NFE{opts})"
 
   def chunk_size(self, n: int) -> int:
     b = self.n_dev

@@ -266,9 +266,7 @@ def run_reconstruct(args) -> int:
     return 2
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  opts = "".join(f", {k}={v}" for k, v in predictor.sampler_kw.items())
-  how = ("inverse pass" if hasattr(run.task, "forward")
-         else f"{predictor.sampler} ({predictor.nfe} NFE{opts})")
+  how = "inverse pass" if hasattr(run.task, "forward") else predictor.describe()
   print(f"jisp reconstruct: run {run.workdir} step {run.step}, {how}, "
         f"{'grid' if args.grid else f'overlap {overlap}'}"
         f"{', shared noise' if args.shared_noise else ''}, camera: {desc}", flush=True)
