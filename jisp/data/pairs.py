@@ -13,7 +13,7 @@ black-level subtraction (a bug that leaves an offset in every RAW target); we do
           The SonyResearch RAW-Diffusion protocol.
 
 Orientation: both arrays are shown upright (EXIF orientation applied by
-`raw_io.apply_orientation`, the same helper `render_srgb` uses). For `packed` the mosaic
+`jisp.core.images.apply_orientation`, the same helper `render_srgb` uses). For `packed` the mosaic
 itself is turned BEFORE packing and its CFA layout re-derived with `orient_pattern`
 (H, W are even, so 2x2 tiles map onto 2x2 tiles and the layout stays a Bayer layout).
 We chose this over packing first and turning the planes because the result is
@@ -25,14 +25,14 @@ other green; Bayer greens share one filter, so nothing is lost.
 from __future__ import annotations
 
 import dataclasses
-import io
 
 import numpy as np
 
-from jisp.data.raw_io import Capture, apply_orientation, orient_pattern
+from jisp.core.camera import PROTOCOLS
+from jisp.core.images import apply_orientation, jpeg_roundtrip
+from jisp.data.raw_io import Capture, orient_pattern
 from jisp.isp import bayer, tone
 
-PROTOCOLS = ("invisp", "linear", "packed")
 GAMMA = 2.2
 JPEG_QUALITY = 90
 
@@ -78,17 +78,6 @@ def white_balance(rgb, wb) -> np.ndarray:
   return np.clip(np.asarray(rgb, np.float32) * np.asarray(wb, np.float32), 0.0, 1.0)
 
 
-def jpeg_roundtrip(srgb_uint8, quality: int = JPEG_QUALITY) -> np.ndarray:
-  """Encode as a real baseline JPEG (4:2:0) with PIL and decode again: uint8 (H, W, 3)."""
-  from PIL import Image
-  buf = io.BytesIO()
-  Image.fromarray(np.ascontiguousarray(srgb_uint8)).save(
-      buf, format="JPEG", quality=int(quality), subsampling=2)
-  buf.seek(0)
-  with Image.open(buf) as im:
-    return np.asarray(im.convert("RGB"))
-
-
 def area_downsample2(img) -> np.ndarray:
   """Mean over 2x2 blocks: (H, W, C) -> (H/2, W/2, C) float32 (H, W even)."""
   x = np.asarray(img, np.float32)
@@ -132,6 +121,6 @@ def make_pair(cap: Capture, srgb_uint8, protocol: str) -> dict:
     raw = np.asarray(tone.gamma_compress(raw, GAMMA), np.float32)
     meta.update(gamma=GAMMA)
   raw = np.ascontiguousarray(apply_orientation(raw, cap.orientation))
-  rgb = jpeg_roundtrip(srgb, JPEG_QUALITY).astype(np.float32) / 255.0
+  rgb = jpeg_roundtrip(srgb, JPEG_QUALITY, "4:2:0").astype(np.float32) / 255.0
   meta.update(jpeg_quality=JPEG_QUALITY, rgb_source="render_jpeg")
   return dict(raw=raw, rgb=rgb, meta=meta)

@@ -38,7 +38,7 @@ from jisp.data import shards as shards_lib
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
-PROTOCOL_NAMES = ("invisp", "linear", "packed")  # == jisp.data.pairs.PROTOCOLS (checked)
+from jisp.core.camera import PROTOCOLS as PROTOCOL_NAMES
 
 # Extensions LibRaw decodes (lower case). Other files in the folder are ignored, so a
 # README or a sidecar JPEG next to the RAWs is not reported as a broken RAW.

@@ -21,7 +21,11 @@ from typing import Optional, Union
 
 import numpy as np
 
-BAYER_PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")
+from jisp.core import camera as camera_lib
+from jisp.core.camera import BAYER_PATTERNS, SRGB_TO_XYZ, CameraProfile, check_pattern
+from jisp.core.errors import InputError
+from jisp.core.images import apply_orientation
+
 WB_SOURCES = ("camera", "daylight", "gray_world")
 
 # LibRaw's `flip` (sizes.flip) -> EXIF orientation. LibRaw maps EXIF o to flip with the
@@ -29,9 +33,7 @@ WB_SOURCES = ("camera", "daylight", "gray_world")
 _FLIP_TO_EXIF = {0: 1, 1: 2, 2: 4, 3: 3, 4: 5, 5: 8, 6: 6, 7: 7}
 
 # sRGB (D65) -> XYZ, LibRaw's own constants, so rgb_cam matches LibRaw's to float precision.
-_XYZ_RGB = np.array([[0.412453, 0.357580, 0.180423],
-                     [0.212671, 0.715160, 0.072169],
-                     [0.019334, 0.119193, 0.950227]], np.float64)
+_XYZ_RGB = SRGB_TO_XYZ
 
 # A white balance gain outside this range (relative to green) is a placeholder or garbage.
 _WB_RANGE = (0.1, 10.0)
@@ -39,13 +41,12 @@ _WB_RANGE = (0.1, 10.0)
 _SATURATION = 0.98
 
 
-class RawFormatError(ValueError):
+class RawFormatError(InputError):
   """A file that is not a readable RGB Bayer RAW; str() is one line naming file and reason."""
 
   def __init__(self, path, reason: str):
-    self.path = str(path)
     self.reason = " ".join(str(reason).split())  # one line, whatever LibRaw said
-    super().__init__(f"{self.path}: {self.reason}")
+    super().__init__(path, self.reason)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -76,10 +77,13 @@ class Capture:
   camera: str
   bits: int
 
-  @property
-  def rgb_xyz_matrix(self) -> Optional[np.ndarray]:
-    """Alias of `color_matrix` under LibRaw's name."""
-    return self.color_matrix
+  def profile(self) -> CameraProfile:
+    """What a DNG of this camera needs (layout, levels, white balance, matrices)."""
+    return CameraProfile.from_dict(dict(
+        pattern=self.pattern, black_level=np.asarray(self.black_level).tolist(),
+        white_level=float(self.white_level), wb=np.asarray(self.wb).tolist(),
+        color_matrix=None if self.color_matrix is None else np.asarray(self.color_matrix),
+        rgb_cam=np.asarray(self.rgb_cam), bits=int(self.bits)), camera=self.camera)
 
   @property
   def shape(self) -> tuple:
@@ -93,43 +97,14 @@ def exif_orientation(flip: int) -> int:
   return _FLIP_TO_EXIF.get(int(flip), 1)
 
 
-def apply_orientation(arr, orientation: int):
-  """Turn an (H, W, ...) array stored in sensor order into display order (EXIF 1..8)."""
-  o = int(orientation)
-  a = np.asarray(arr)
-  if o == 1:
-    return a
-  if o == 2:
-    return a[:, ::-1]
-  if o == 3:
-    return a[::-1, ::-1]
-  if o == 4:
-    return a[::-1]
-  if o == 5:
-    return np.swapaxes(a, 0, 1)
-  if o == 6:
-    return np.rot90(a, -1)
-  if o == 7:
-    return np.swapaxes(a[::-1, ::-1], 0, 1)
-  if o == 8:
-    return np.rot90(a, 1)
-  raise ValueError(f"EXIF orientation must be 1..8, got {orientation!r}")
-
-
 def orient_pattern(pattern: str, orientation: int) -> str:
   """The CFA layout of `apply_orientation(mosaic, orientation)` for an even-sized mosaic.
 
   With even H and W every orientation maps 2x2 tiles onto 2x2 tiles, so the new tile is
   just the old tile turned the same way.
   """
-  tile = np.array(list(_check_pattern(pattern))).reshape(2, 2)
+  tile = np.array(list(check_pattern(pattern))).reshape(2, 2)
   return "".join(apply_orientation(tile, orientation).reshape(-1))
-
-
-def _check_pattern(pattern) -> str:
-  if not isinstance(pattern, str) or pattern.upper() not in BAYER_PATTERNS:
-    raise ValueError(f"unknown Bayer pattern {pattern!r}; expected one of {BAYER_PATTERNS}")
-  return pattern.upper()
 
 
 # --------------------------------------------------------------------------- colour
@@ -151,10 +126,7 @@ def rgb_cam_from_color_matrix(color_matrix) -> np.ndarray:
   """LibRaw's cam_xyz_coeff: XYZ->camera matrix -> camera->sRGB matrix (rows sum to 1)."""
   if usable_color_matrix(color_matrix) is None:
     raise ValueError("color_matrix must be a finite, invertible 3x3 XYZ->camera matrix")
-  cam_rgb = np.asarray(color_matrix, np.float64) @ _XYZ_RGB
-  # Normalising rows makes camera white (1,1,1) map to sRGB white, as LibRaw does.
-  cam_rgb = cam_rgb / cam_rgb.sum(axis=1, keepdims=True)
-  return np.linalg.inv(cam_rgb).astype(np.float32)
+  return camera_lib.rgb_cam_from_color_matrix(color_matrix).astype(np.float32)
 
 
 def usable_wb(wb4) -> Optional[np.ndarray]:
@@ -180,7 +152,7 @@ def usable_wb(wb4) -> Optional[np.ndarray]:
 
 def site_planes(mosaic, pattern: str) -> dict:
   """{colour letter or 'G2': (H/2, W/2) plane} of a mosaic; the 2nd green is 'G2'."""
-  p = _check_pattern(pattern)
+  p = check_pattern(pattern)
   out = {}
   for k, ch in enumerate(p):
     key = ch if ch not in out else "G2"
@@ -190,7 +162,7 @@ def site_planes(mosaic, pattern: str) -> dict:
 
 def gray_world_wb(mosaic, pattern: str, black_level, white_level) -> np.ndarray:
   """(R, G, B) gains (G = 1) making the mean of unclipped 2x2 blocks gray."""
-  p = _check_pattern(pattern)
+  p = check_pattern(pattern)
   black = np.broadcast_to(np.asarray(black_level, np.float64), (4,))
   m = np.asarray(mosaic)
   h, w = m.shape[0] // 2 * 2, m.shape[1] // 2 * 2

@@ -52,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jisp.diffusion.samplers import _normal_like
+from jisp.diffusion.samplers import normal_like
 from jisp.diffusion.schedules import Schedule
 
 
@@ -230,7 +230,7 @@ def run_plan(f_fn, p: Plan, m_init, x, key=None):
     t = jnp.full_like(m[batch_index], r["t"], dtype=jnp.float32)
     out = r["c_m"] * m + r["c_f"] * f_fn(m, t).astype(dtype) + r["c_x"] * x
     if noisy:
-      out = out + r["sigma"] * _normal_like(r["key"], out)
+      out = out + r["sigma"] * normal_like(r["key"], out)
     return out, None
 
   m, _ = jax.lax.scan(step, m_init.astype(dtype), xs)
@@ -246,6 +246,6 @@ def sample(f_fn, schedule: Schedule, s: int, x, key, *, num_steps=None, grid=Non
     if key is None:
       raise ValueError("dtdm: sampling needs a PRNG key for its start state")
     key, k0 = jax.random.split(key)
-    m_init = start_state(schedule, s, x, _normal_like(k0, jnp.asarray(x)))
+    m_init = start_state(schedule, s, x, normal_like(k0, jnp.asarray(x)))
   p = plan(schedule, s, num_steps=num_steps, grid=grid, eta=eta, noise=noise)
   return run_plan(f_fn, p, m_init, x, key)

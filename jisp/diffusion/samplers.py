@@ -143,7 +143,8 @@ def _plan(rows) -> Plan:
   return Plan(**as_np)
 
 
-def _normal_like(key, x):
+def normal_like(key, x):
+  """Standard normal noise of the shape, dtype (and explicit sharding) of x."""
   # With an explicit-axes mesh, draw the noise already sharded like x (no replicated copy).
   sharding = jax.typeof(x).sharding
   if any(s is not None for s in sharding.spec):
@@ -188,7 +189,7 @@ def _run_plan(eps_fn, plan: Plan, x_init, key):
       out = out + r["v"] * mem
       mem = jnp.where(r["store"], m, mem)
     if noisy:
-      out = out + r["sigma"] * _normal_like(r["key"], out)
+      out = out + r["sigma"] * normal_like(r["key"], out)
     x_base = jnp.where(r["end"], out, x_base) if multi_stage else out
     return (x_base, out, mem), None
 

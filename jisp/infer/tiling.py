@@ -142,12 +142,13 @@ def initial_noise(key, layout: Layout, channels: int, shared: bool) -> np.ndarra
   return np.asarray(jax.random.normal(key, (len(layout), p, p, channels), np.float32))
 
 
-def reconstruct(img, predict_fn, layout: Layout, *, key, channels: int = 3,
+def reconstruct(img, predict_fn, layout: Layout, *, key, noise_channels: int = 3,
                 shared_noise: bool = False) -> np.ndarray:
   """Tile `img`, run `predict_fn(patches, init_noise) -> patches` once over all patches
-  (the predictor chunks them), merge. Returns (H, W, channels) float32."""
+  (the predictor chunks them), merge. init_noise is None for noise_channels=0
+  (deterministic predictors). Returns (H, W, C) float32, C the predictor's channels."""
   patches = split(img, layout)
-  noise = initial_noise(key, layout, channels, shared_noise)
+  noise = initial_noise(key, layout, noise_channels, shared_noise) if noise_channels else None
   return merge(predict_fn(patches, noise), layout)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import jax.numpy as jnp
 
-PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")
+from jisp.core.camera import BAYER_PATTERNS as PATTERNS, check_pattern
 _COLOUR_ID = {"R": 0, "G": 1, "B": 2}
 
 # Packed channel order is fixed whatever the layout, so that a network trained on one layout
@@ -22,12 +22,6 @@ PACKED_ORDER = ("R", "Gr", "Gb", "B")
 # Bilinear interpolation kernels (unnormalised integers so that the sums stay exact).
 _K_RB = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], np.float32)
 _K_G = np.array([[0, 1, 0], [1, 4, 1], [0, 1, 0]], np.float32)
-
-
-def check_pattern(pattern: str) -> str:
-  if not isinstance(pattern, str) or pattern.upper() not in PATTERNS:
-    raise ValueError(f"unknown Bayer pattern {pattern!r}; expected one of {PATTERNS}")
-  return pattern.upper()
 
 
 def channel_index(pattern: str) -> np.ndarray:

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from jisp.core.camera import SRGB_TO_XYZ, XYZ_TO_SRGB
 from jisp.isp import tone
 
 # XYZ -> camera matrices of four real cameras (Adobe DNG data, as listed by UPI). A random
@@ -27,11 +28,9 @@ XYZ2CAMS = np.array([
     [[0.6596, -0.2079, -0.0562], [-0.4782, 1.3016, 0.1933], [-0.0970, 0.1581, 0.5181]],
 ], np.float64)
 
-# Linear sRGB (D65) -> CIE XYZ (IEC 61966-2-1), and its inverse.
-RGB2XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
-                    [0.2126729, 0.7151522, 0.0721750],
-                    [0.0193339, 0.1191920, 0.9503041]], np.float64)
-XYZ2RGB = np.linalg.inv(RGB2XYZ)
+# Linear sRGB (D65) <-> CIE XYZ: jisp's one set of constants (LibRaw's).
+RGB2XYZ = SRGB_TO_XYZ
+XYZ2RGB = XYZ_TO_SRGB
 
 # UPI's ranges: white-balance gains the ISP multiplies by, and the noise model
 # log(read) = 2.18 log(shot) + 1.20 + N(0, 0.26^2), fitted to real sensors (signals in [0,1]).

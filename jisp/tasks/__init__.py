@@ -1,9 +1,11 @@
-"""Registry of trainable systems (config.task -> Task class), imported lazily."""
+"""Registry of trainable systems (config.task -> Task class), imported by name."""
 from __future__ import annotations
 
 import importlib
 
-_TASKS = {
+from jisp.core.errors import ConfigError
+
+TASKS = {
     "ddpm": "jisp.tasks.ddpm:DDPMTask",
     "dtdm": "jisp.tasks.dtdm:DTDMTask",
     "flow_isp": "jisp.tasks.flow_isp:FlowISPTask",
@@ -11,10 +13,15 @@ _TASKS = {
 }
 
 
-def get_task(config):
-  name = config.task
-  if name not in _TASKS:
-    from jisp.config_utils import ConfigError
-    raise ConfigError(f"bad value for config key 'task': {name!r} (known: {', '.join(_TASKS)})")
-  module, cls = _TASKS[name].split(":")
-  return getattr(importlib.import_module(module), cls)(config)
+def task_class(config):
+  name = config.get("task")
+  if name not in TASKS:
+    raise ConfigError(f"bad value for config key 'task': {name!r} (known: {', '.join(TASKS)})")
+  module, cls = TASKS[name].split(":")
+  return getattr(importlib.import_module(module), cls)
+
+
+def get_task(config, inputs=None):
+  """The task of `config`. Tasks with Requirements (another run, a camera profile) need
+  `inputs` resolved by the caller: jisp.train.runs.build_task does that."""
+  return task_class(config)(config, inputs)

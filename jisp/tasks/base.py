@@ -1,32 +1,200 @@
-"""What a trainable system provides to the one train loop.
+"""The Task contract: everything `train`, `eval`, `reconstruct`, `compare` and `bench` need
+from a trainable system, and nothing they may guess.
 
-A task is a small object built from the config. The loop owns sharding, optimisation,
-EMA, checkpoints, logging and data; the task only says how to build parameters, what the
-loss is and how to evaluate. Later systems (flow ISP, DTDM, SSDNet) are new tasks, the
-loop stays as it is.
+A task is built from its config (plus, for tasks that use another run or a camera, the
+`TaskInputs` the caller resolved: a task never reads files). The train loop owns
+sharding, optimisation, EMA, checkpoints, logging and data; the inference tools own
+tiling, batching and files. A task says:
+
+  io                 what goes in and comes out of `predict` (IOSpec)
+  batch_spec         shapes of one training batch
+  init_params, loss, eval_metrics
+  predict            inputs (B, P, P, in_channels) in [0, 1] -> outputs in [0, 1], with one
+                     typed `PredictOptions` (sampler, steps, eta, ...); pure and jit-able
+  resolve_options    fills the task's defaults into options and rejects what does not
+                     apply (one-line OptionError)
+  nfe                network evaluations of one predict call
+  network            one network evaluation on one patch, for FLOP counting
+  render             RAW -> sRGB for tasks whose io.direction is "both" (the flow ISP)
+
+A new system is a new module here plus config files: every command dispatches through
+this class.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol
+import abc
+import dataclasses
+from typing import Any, Callable, ClassVar, Mapping
 
 import jax
+import jax.numpy as jnp
+
+from jisp.core.errors import OptionError
+from jisp.core.flops import compiled_flops
 
 Params = Any
 Batch = Mapping[str, jax.Array]
 
 
-class Task(Protocol):
-  name: str
+@dataclasses.dataclass(frozen=True)
+class IOSpec:
+  """What `predict` maps: batch key `source` -> batch key `target` ("rgb" / "raw").
 
+  direction: "rgb2raw", "raw2rgb", or "both" (the task also renders RAW -> sRGB).
+  conditions: what the network conditions on, in words (for help texts and reports).
+  noise_channels: channels of the per-patch start noise `predict` takes (0: none, the
+  task is deterministic).
+  """
+  source: str
+  target: str
+  in_channels: int
+  out_channels: int
+  patch: int
+  direction: str
+  conditions: tuple = ()
+  noise_channels: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictOptions:
+  """How to run `predict`. Hashable: a jit static argument.
+
+  sampler/steps: the sampler and its network evaluations (None: the task's default).
+  eta: DDIM's (and DTDM's) noise scale. clip_x0: keep every network call's implied clean
+  image in the data range. start: where DTDM's plain-DDPM arms begin ("estimate" or
+  "noise"). start_step: begin the chain at this timestep (benchmarks time a prefix of a
+  long sampler). net_chunk: evaluate the network that many patches at a time (global,
+  a multiple of the devices; None: the whole batch).
+  """
+  sampler: str | None = None
+  steps: int | None = None
+  eta: float | None = None
+  clip_x0: bool = True
+  start: str | None = None
+  start_step: int | None = None
+  net_chunk: int | None = None
+
+  def replace(self, **kw) -> "PredictOptions":
+    return dataclasses.replace(self, **kw)
+
+  def describe(self) -> dict:
+    """The options that were set, as JSON-ready values (for results files)."""
+    return {k: v for k, v in dataclasses.asdict(self).items()
+            if v is not None and k != "net_chunk" and not (k == "clip_x0" and v)}
+
+
+DETERMINISTIC = PredictOptions(sampler="none")
+
+
+@dataclasses.dataclass(frozen=True)
+class Requirements:
+  """What a task needs from outside its config, resolved by the caller (jisp.train.runs).
+
+  runs: name -> workdir of another trained run whose task and params the task uses.
+  camera: True when the task needs the training data's camera profile.
+  """
+  runs: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  camera: bool = False
+
+
+@dataclasses.dataclass
+class TaskInputs:
+  """What `Requirements` asked for: runs[name] = (task, params); camera = CameraProfile."""
+  runs: dict = dataclasses.field(default_factory=dict)
+  camera: Any = None
+
+
+class Task(abc.ABC):
+  """Base class of every trainable system (see the module docstring)."""
+
+  name: ClassVar[str]
+
+  def __init__(self, config, inputs: TaskInputs | None = None):
+    self.config = config
+    self.inputs = inputs or TaskInputs()
+
+  # ------------------------------------------------------------------ description
+  @classmethod
+  def requirements(cls, config) -> Requirements:
+    """What the caller must resolve before building the task (default: nothing)."""
+    del config
+    return Requirements()
+
+  @property
+  @abc.abstractmethod
+  def io(self) -> IOSpec:
+    """What predict maps (see IOSpec)."""
+
+  # ------------------------------------------------------------------ training
+  @abc.abstractmethod
   def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     """Shapes/dtypes of one global batch (used to init and to benchmark)."""
 
+  @abc.abstractmethod
   def init_params(self, rng: jax.Array) -> Params:
     ...
 
+  @abc.abstractmethod
   def loss(self, params: Params, batch: Batch, rng: jax.Array, train: bool = True
            ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Scalar loss (mean over the global batch) and auxiliary scalar metrics."""
 
   def eval_metrics(self, params: Params, batch: Batch, rng: jax.Array) -> dict[str, jax.Array]:
     """Scalar metrics on a held-out batch; the loop averages them over eval batches."""
+    loss, aux = self.loss(params, batch, rng, train=False)
+    return {"loss": loss, **aux}
+
+  # ------------------------------------------------------------------ inference
+  def default_options(self) -> PredictOptions:
+    """The options `predict` runs with when a user names none (deterministic tasks)."""
+    return DETERMINISTIC
+
+  def resolve_options(self, options: PredictOptions | None = None) -> PredictOptions:
+    """Options with the task's defaults filled in; OptionError for what does not apply.
+
+    The default suits deterministic tasks: no sampler, steps or eta.
+    """
+    options = options or PredictOptions()
+    if options.sampler not in (None, "none") or options.steps is not None or \
+        options.eta is not None or options.start is not None:
+      raise OptionError(f"task {self.name!r} maps its input in one deterministic pass: "
+                        "sampler, steps, eta and start do not apply")
+    return options.replace(sampler="none")
+
+  @abc.abstractmethod
+  def predict(self, params: Params, inputs: jax.Array, rng: jax.Array,
+              options: PredictOptions, noise: jax.Array | None = None) -> jax.Array:
+    """Outputs (B, P, P, io.out_channels) in [0, 1] for inputs (B, P, P, io.in_channels)
+    in [0, 1]. `options` come from `resolve_options`. noise: the start noise
+    (B, P, P, io.noise_channels) of a sampling task (drawn from rng when None; tiled
+    reconstruction passes its own to share it per pixel). Pure and jit-able."""
+
+  def nfe(self, options: PredictOptions) -> int:
+    """Network evaluations one `predict` call makes (resolved options)."""
+    del options
+    return 1
+
+  @abc.abstractmethod
+  def network(self, params: Params) -> tuple[Callable, tuple]:
+    """(fn, args): one network evaluation on one patch, `fn(*args)`, args abstract
+    (ShapeDtypeStruct) or concrete; what `network_flops` lowers."""
+
+  def network_flops(self, params: Params) -> float | None:
+    """FLOPs XLA counts for one network evaluation on one patch."""
+    fn, args = self.network(params)
+    return compiled_flops(jax.jit(fn).lower(*abstract(args)).compile())
+
+  def predict_flops(self, params: Params, options: PredictOptions) -> float | None:
+    """FLOPs of one predict call on one patch: nfe x one network evaluation (the
+    element-wise sampler arithmetic around it is negligible next to the network)."""
+    f = self.network_flops(params)
+    return None if f is None else f * self.nfe(options)
+
+  def render(self, params: Params, raw: jax.Array) -> jax.Array:
+    """RAW -> sRGB rendering in [0, 1]; only for io.direction == "both"."""
+    raise NotImplementedError(f"task {self.name!r} does not render RAW to sRGB")
+
+
+def abstract(tree):
+  """Shape-only version of a pytree of arrays, for lowering without data."""
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), tree)

@@ -1,11 +1,17 @@
-"""Conditional DDPM for sRGB -> RAW (epsilon prediction, RGB concatenated to x_t)."""
+"""Conditional DDPM for sRGB -> RAW (epsilon or v prediction, RGB concatenated to x_t)."""
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
+from jisp.core import microbatch
+from jisp.core.errors import ConfigError, OptionError
 from jisp.diffusion import losses, samplers, schedules
-from jisp.models import microbatch, unet
+from jisp.models import unet
+from jisp.tasks.base import IOSpec, PredictOptions, Task
+
+# Steps a sampler gets when named without steps (DPM-Solver: the paper's 20 NFE).
+DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpm_solver": 20, "dpm_solver_pp": 20}
 
 
 def to_model_range(x):
@@ -17,46 +23,78 @@ def from_model_range(x):
   return jnp.clip((x + 1.0) * 0.5, 0.0, 1.0)
 
 
-def sampler_options(sampler: str, steps, num_timesteps: int, **kw) -> dict:
-  """`samplers.sample` keyword arguments for (sampler, steps) as jisp's tools mean them.
+def sampler_kwargs(options: PredictOptions) -> dict:
+  """`samplers.sample` keyword arguments of resolved options.
 
-  steps = network evaluations of the solver: "ddpm" always runs all T steps (steps must be
-  None or T); "ddim" takes `steps` grid points; the DPM-Solvers take `steps` NFE and, unless
-  told otherwise, one more evaluation that returns the x0-prediction at t=1: they stop at
-  t=1, where x still holds noise of std sqrt(beta_1) (0.02 of the [0, 1] range here, a
-  ~34 dB ceiling on RAW PSNR), which the extra evaluation removes.
+  steps = network evaluations of the solver: "ddpm" runs all T steps (steps is None);
+  "ddim" takes `steps` grid points; the DPM-Solvers take `steps` NFE and one more
+  evaluation that returns the x0-prediction at t=1: they stop at t=1, where x still holds
+  noise of std sqrt(beta_1) (0.02 of the [0, 1] range here, a ~34 dB ceiling on RAW
+  PSNR), which the extra evaluation removes.
   """
-  if sampler not in samplers.NAMES:
-    raise ValueError(f"unknown sampler {sampler!r} (expected one of {samplers.NAMES})")
-  kw = dict(kw)
-  if sampler == "ddpm":
-    if steps is not None and int(steps) != num_timesteps:
-      raise ValueError(f"sampler 'ddpm' runs all T={num_timesteps} steps (got steps={steps}); "
-                       "use ddim or dpm_solver for fewer")
+  kw = {}
+  if options.start_step is not None:
+    kw["start_step"] = int(options.start_step)
+  if options.sampler == "ddpm":
     return kw
-  if steps is None:
-    raise ValueError(f"sampler {sampler!r} needs a number of steps")
-  kw["num_steps"] = int(steps)
-  if sampler in ("dpm_solver", "dpm_solver_pp"):
-    kw.setdefault("denoise_to_zero", True)
+  kw["num_steps"] = int(options.steps)
+  if options.sampler == "ddim" and options.eta is not None:
+    kw["eta"] = float(options.eta)
+  if options.sampler in ("dpm_solver", "dpm_solver_pp"):
+    kw["denoise_to_zero"] = True
   return kw
 
 
-class DDPMTask:
+def resolve_sampler_options(options: PredictOptions, default: PredictOptions,
+                            num_timesteps: int, task_name: str) -> PredictOptions:
+  """Fills sampler and steps (the config's default, else DEFAULT_STEPS) and checks them."""
+  o = options or PredictOptions()
+  if o.start is not None:
+    raise OptionError(f"start={o.start!r} is an option of DTDM's DDPM arms, not of {task_name}")
+  sampler = o.sampler or default.sampler
+  if sampler not in samplers.NAMES:
+    raise OptionError(f"unknown sampler {sampler!r} for {task_name} (expected one of "
+                      f"{', '.join(samplers.NAMES)})")
+  steps = o.steps
+  if steps is None:
+    steps = default.steps if sampler == default.sampler else DEFAULT_STEPS[sampler]
+  if sampler == "ddpm":
+    if steps is not None and int(steps) != num_timesteps:
+      raise OptionError(f"sampler 'ddpm' runs all T={num_timesteps} steps (got steps={steps}); "
+                        "use ddim or dpm_solver for fewer")
+    steps = None
+  elif steps is None or int(steps) < 1:
+    raise OptionError(f"sampler {sampler!r} needs steps >= 1, got {steps}")
+  if o.eta is not None:
+    if sampler != "ddim":
+      raise OptionError(f"eta is an option of the ddim sampler (and DTDM runs), not of {sampler}")
+    if not o.eta >= 0:
+      raise OptionError(f"eta must be >= 0, got {o.eta}")
+  if o.start_step is not None and not 1 <= int(o.start_step) <= num_timesteps:
+    raise OptionError(f"start_step must be in 1..{num_timesteps}, got {o.start_step}")
+  return o.replace(sampler=sampler, steps=None if steps is None else int(steps))
+
+
+class DDPMTask(Task):
   name = "ddpm"
 
-  def __init__(self, config):
-    self.config = config
+  def __init__(self, config, inputs=None):
+    super().__init__(config, inputs)
     self.model = unet.from_config(config.model)
     self.schedule = schedules.make_schedule(config.diffusion)
     self.prediction = config.diffusion.get("prediction", "eps")
     if self.prediction not in losses.PREDICTIONS:
-      from jisp.config_utils import ConfigError
       raise ConfigError(f"bad value for config key 'diffusion.prediction': {self.prediction!r} "
                         f"(expected one of {', '.join(losses.PREDICTIONS)})")
     self.patch = config.data.patch_size
     self.raw_channels = config.model.out_channels
     self.cond_channels = config.model.in_channels - config.model.out_channels
+
+  @property
+  def io(self):
+    return IOSpec(source="rgb", target="raw", in_channels=self.cond_channels,
+                  out_channels=self.raw_channels, patch=self.patch, direction="rgb2raw",
+                  conditions=("rgb",), noise_channels=self.raw_channels)
 
   def batch_spec(self, batch_size):
     p = self.patch
@@ -88,34 +126,43 @@ class DDPMTask:
     loss, _ = self.loss(params, batch, rng, train=False)
     return {"loss": loss}
 
-  def predict(self, params, rgb_patches, rng, *, sampler, steps, x_init=None, clip_x0=True,
-              net_chunk=None, **kw):
-    """RAW patches in [0, 1] for sRGB patches (B, P, P, 3) in [0, 1], by conditional sampling.
+  # ------------------------------------------------------------------ inference
+  def default_options(self):
+    s = self.config.get("sampling")
+    if s is None:
+      return PredictOptions(sampler="ddim", steps=50)
+    name = s.get("sampler", "ddim")
+    return PredictOptions(sampler=name, steps=None if name == "ddpm" else s.get("steps"))
 
-    x_init: the starting noise (B, P, P, raw_channels) in the model's [-1, 1] space; drawn
-    from `rng` when None (tiled reconstruction passes its own to share noise per pixel).
-    `rng` also drives the noise of stochastic samplers. clip_x0 keeps the x0 implied by
-    each network call inside the data range (see samplers.clip_denoised). net_chunk: evaluate
-    the network that many patches at a time (models.microbatch; None = whole batch). Pure
-    and jit-able: sampler, steps and net_chunk are static. Extra keywords go to the sampler
-    (see `sampler_options`).
-    """
-    cond = to_model_range(jnp.asarray(rgb_patches, jnp.float32))
+  def resolve_options(self, options=None):
+    return resolve_sampler_options(options, self.default_options(),
+                                   self.schedule.num_timesteps, self.name)
+
+  def predict(self, params, inputs, rng, options, noise=None):
+    """RAW patches in [0, 1] for sRGB patches (B, P, P, 3) in [0, 1], by conditional
+    sampling; `noise` is the start x_T in the model's [-1, 1] space."""
+    cond = to_model_range(jnp.asarray(inputs, jnp.float32))
     init_rng, sample_rng = jax.random.split(rng)
-    if x_init is None:
-      x_init = jax.random.normal(init_rng, cond.shape[:-1] + (self.raw_channels,), jnp.float32)
-    net = microbatch.microbatched(self.eps_fn(params), net_chunk)
+    if noise is None:
+      noise = jax.random.normal(init_rng, cond.shape[:-1] + (self.raw_channels,), jnp.float32)
+    net = microbatch.microbatched(self.eps_fn(params), options.net_chunk)
     # The condition is closed over, so every sampler sees a plain eps(x_t, t).
     out = lambda x, t: net(jnp.concatenate([x, cond], axis=-1), t)
     eps = losses.as_eps_fn(out, self.schedule, self.prediction,
                            lambda t: samplers.continuous_alpha_bar(self.schedule, t))
-    if clip_x0:
+    if options.clip_x0:
       eps = samplers.clip_denoised(eps, self.schedule)
-    opts = sampler_options(sampler, steps, self.schedule.num_timesteps, **kw)
-    x0 = samplers.sample(sampler, eps, self.schedule, x_init, sample_rng, **opts)
+    x0 = samplers.sample(options.sampler, eps, self.schedule, noise, sample_rng,
+                         **sampler_kwargs(options))
     return from_model_range(x0)
 
-  def nfe(self, *, sampler, steps, **kw) -> int:
-    """Network evaluations one `predict` call makes."""
-    opts = sampler_options(sampler, steps, self.schedule.num_timesteps, **kw)
-    return samplers.nfe(sampler, num_timesteps=self.schedule.num_timesteps, **opts)
+  def nfe(self, options):
+    return samplers.nfe(options.sampler, num_timesteps=self.schedule.num_timesteps,
+                        **sampler_kwargs(options))
+
+  def network(self, params):
+    p = self.patch
+    x = jax.ShapeDtypeStruct((1, p, p, self.raw_channels + self.cond_channels), jnp.float32)
+    t = jax.ShapeDtypeStruct((1,), jnp.float32)
+    return (lambda prm, xx, tt: self.model.apply({"params": prm}, xx, tt, train=False),
+            (params, x, t))

@@ -25,19 +25,18 @@ the diffusion runs in [-1, 1].
 """
 from __future__ import annotations
 
-import json
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jisp.config_utils import ConfigError
+from jisp.core import metrics, microbatch
+from jisp.core.camera import SYNTHETIC_CAM2RGB
+from jisp.core.errors import ConfigError, OptionError
 from jisp.diffusion import dtdm, losses, samplers, schedules
-from jisp.isp import degrade, tone, unprocess
-from jisp.models import microbatch, unet
+from jisp.isp import degrade, upi
+from jisp.models import unet
+from jisp.tasks.base import IOSpec, PredictOptions, Requirements, Task
 from jisp.tasks.ddpm import to_model_range
-from jisp.tasks.regression import psnr
 
 DIRECTIONS = {"raw2rgb": ("rgb", "raw"), "rgb2raw": ("raw", "rgb")}  # (target, condition)
 ESTIMATORS = ("upi", "regression")
@@ -48,104 +47,38 @@ def _bad(key, value, expected):
   return ConfigError(f"bad value for config key '{key}': {value!r} (expected {expected})")
 
 
-# ---------------------------------------------------------------------------- estimators
-
-def upi_mean_cam2rgb() -> np.ndarray:
-  """camera -> linear sRGB of UPI's average camera (mean of its four XYZ->camera matrices)."""
-  xyz2cam = np.mean(unprocess.XYZ2CAMS, axis=0)
-  rgb2cam = xyz2cam @ unprocess.RGB2XYZ
-  rgb2cam = rgb2cam / rgb2cam.sum(axis=1, keepdims=True)
-  return np.linalg.inv(rgb2cam)
-
-
-def _manifest_cam2rgb(data_dir: str, camera: str) -> np.ndarray:
-  path = os.path.join(data_dir, "manifest.json")
-  try:
-    with open(path) as f:
-      cams = json.load(f).get("cameras", {})
-  except (OSError, ValueError) as e:
-    raise ConfigError(f"{path}: cannot read the camera profile ({e})") from None
-  names = list(cams)
-  if len(names) != 1:
-    names = [n for n in names if camera and camera.lower() in n.lower()]
-  if len(names) != 1:
-    raise ConfigError(f"{path}: cannot pick one camera profile for data.camera={camera!r} "
-                      f"(profiles: {sorted(cams)})")
-  rgb_cam = cams[names[0]].get("rgb_cam")
-  if rgb_cam is None:
-    raise ConfigError(f"{path}: camera {names[0]!r} has no rgb_cam matrix")
-  return np.asarray(rgb_cam, np.float64).reshape(3, 3)
-
-
-def upi_camera(config) -> unprocess.CameraParams:
-  """The camera profile of the UPI estimators: colour matrix only (invisp RAW is already
-  white balanced, so the gains are 1; noise is not modelled)."""
+def upi_cam2rgb(config, camera) -> np.ndarray:
+  """camera -> sRGB matrix of the UPI estimators (`dtdm.upi_profile`): the training data's
+  camera (`camera`, a CameraProfile resolved by the caller), UPI's mean camera, or the
+  synthetic source's exact matrix (an oracle profile)."""
   profile = config.dtdm.upi_profile
   if profile not in PROFILES:
     raise _bad("dtdm.upi_profile", profile, " / ".join(PROFILES))
   if profile == "auto":
-    has_manifest = bool(config.data.dir) and os.path.isfile(
-        os.path.join(config.data.dir, "manifest.json"))
-    profile = "manifest" if has_manifest else "mean"
+    profile = "manifest" if camera is not None else "mean"
   if profile == "mean":
-    cam2rgb = upi_mean_cam2rgb()
-  elif profile == "synthetic":  # the exact matrix of jisp.data.synthetic (an oracle profile)
-    from jisp.data import synthetic
-    cam2rgb = np.asarray(synthetic._CAM2RGB, np.float64)
-  else:
-    if not config.data.dir:
-      raise ConfigError("config key 'dtdm.upi_profile'='manifest' needs data.dir")
-    cam2rgb = _manifest_cam2rgb(config.data.dir, config.data.camera)
-  return unprocess.CameraParams(
-      rgb2cam=jnp.asarray(np.linalg.inv(cam2rgb), jnp.float32),
-      cam2rgb=jnp.asarray(cam2rgb, jnp.float32), wb_gains=jnp.ones((3,), jnp.float32),
-      shot_noise=jnp.zeros(()), read_noise=jnp.zeros(()))
+    return upi.mean_cam2rgb()
+  if profile == "synthetic":
+    return np.asarray(SYNTHETIC_CAM2RGB, np.float64)
+  if camera is None:
+    raise ConfigError("config key 'dtdm.upi_profile'='manifest' needs data.dir (a prepared "
+                      "folder whose manifest holds the camera profile)")
+  return camera.cam2rgb()
 
 
-def upi_rgb2raw(rgb, cam):
-  """sRGB -> invisp RAW (gamma-compressed, white-balanced camera RGB) by UPI's inverse."""
-  return tone.gamma_compress(unprocess.unprocess(rgb, cam), 2.2)
-
-
-def upi_raw2rgb(raw, cam):
-  """invisp RAW -> sRGB by UPI's forward `process` (the no-learning colour extractor)."""
-  return unprocess.process(tone.gamma_expand(raw, 2.2), cam)
-
-
-def load_regression(workdir: str, direction: str):
-  """inputs (B,H,W,3) in [0,1] -> prediction in [0,1], from a trained RegressionTask run.
-
-  Params are pulled to host numpy: inside a jit they become constants, whatever the mesh.
-  """
-  from jisp.tasks.regression import RegressionTask
-  from jisp.train import checkpoint
-  import ml_collections
-  if not workdir:
-    raise ConfigError("config key 'dtdm.estimator_workdir' must name a trained regression run "
-                      "when dtdm.estimator='regression'")
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    raise ConfigError(f"{workdir}: no config.json here (not a `jisp train` run directory)")
-  with open(path) as f:
-    cfg = ml_collections.ConfigDict(json.load(f))
-  if cfg.get("task") != "regression":
-    raise ConfigError(f"{path}: task is {cfg.get('task')!r}, expected 'regression'")
-  if cfg.regression.direction != direction:
-    raise ConfigError(f"{path}: regression direction {cfg.regression.direction!r} does not "
-                      f"match dtdm.direction {direction!r}")
-  task = RegressionTask(cfg)
-  _, params = checkpoint.restore_params(workdir, task)
-  params = jax.device_get(params)
-  return lambda inputs: jnp.clip(task.apply(params, inputs), 0.0, 1.0)
-
-
-# ---------------------------------------------------------------------------- the task
-
-class DTDMTask:
+class DTDMTask(Task):
   name = "dtdm"
 
-  def __init__(self, config):
-    self.config = config
+  @classmethod
+  def requirements(cls, config):
+    d = config.dtdm
+    runs = {"estimator": d.estimator_workdir} if (
+        d.estimator == "regression" and d.estimator_workdir) else {}
+    camera = d.upi_profile in ("auto", "manifest") and bool(config.data.get("dir"))
+    return Requirements(runs=runs, camera=camera)
+
+  def __init__(self, config, inputs=None):
+    super().__init__(config, inputs)
     d = config.dtdm
     if d.direction not in DIRECTIONS:
       raise _bad("dtdm.direction", d.direction, "'raw2rgb' or 'rgb2raw'")
@@ -173,38 +106,51 @@ class DTDMTask:
       self.degrade_params = degrade.params_from_config(d.get("degrade"))
     except ValueError as e:
       raise ConfigError(f"config block 'dtdm.degrade': {e}") from None
-    self._estimator = None
-    self._fns = {}
-    # Built now, outside any trace (restoring a checkpoint inside jit cannot work), and so
-    # a bad estimator fails before compiling. The one exception: a raw2rgb run can train
-    # without its G (training uses D^2(y)); predict then says the workdir is missing.
-    if self.direction == "rgb2raw" or d.estimator != "regression" or d.estimator_workdir:
-      self.estimator()
+    self._estimate = self._make_estimator()
+
+  def _make_estimator(self):
+    """The test-time x = estimator(condition), [0, 1] -> [0, 1]; None for a raw2rgb run
+    trained without its G (training uses D^2(y); predict then says G is missing)."""
+    d = self.config.dtdm
+    if d.estimator == "regression":
+      if "estimator" not in self.inputs.runs:
+        if self.direction == "rgb2raw" or d.estimator_workdir:
+          raise ConfigError("config key 'dtdm.estimator_workdir' must name a trained "
+                            "regression run when dtdm.estimator='regression'")
+        return None
+      g_task, g_params = self.inputs.runs["estimator"]
+      if g_task.name != "regression" or g_task.direction != self.direction:
+        raise ConfigError(f"dtdm.estimator_workdir: a regression run of direction "
+                          f"{self.direction!r} is needed, got task {g_task.name!r} "
+                          f"{getattr(g_task, 'direction', '')!r}")
+      g_params = jax.device_get(g_params)  # constants inside jit, whatever the mesh
+      return lambda c: jnp.clip(g_task.apply(g_params, c), 0.0, 1.0)
+    cam = upi.camera_params(upi_cam2rgb(self.config, self.inputs.camera))
+    fwd = upi.raw_to_rgb if self.direction == "raw2rgb" else upi.rgb_to_raw
+    return lambda c: jnp.clip(fwd(c, cam), 0.0, 1.0)
 
   # -- estimates ------------------------------------------------------------------
-  def estimator(self):
-    """The test-time x = estimator(condition) (G for raw2rgb), inputs/outputs in [0, 1]."""
-    if self._estimator is None:
-      d = self.config.dtdm
-      if d.estimator == "regression":
-        self._estimator = load_regression(d.estimator_workdir, self.direction)
-      else:
-        cam = upi_camera(self.config)
-        fwd = upi_raw2rgb if self.direction == "raw2rgb" else upi_rgb2raw
-        self._estimator = lambda c: jnp.clip(fwd(c, cam), 0.0, 1.0)
-    return self._estimator
-
   def estimate(self, cond):
     """x in [0, 1] for a condition batch, as used at test time."""
-    return self.estimator()(jnp.asarray(cond, jnp.float32))
+    if self._estimate is None:
+      raise OptionError("this raw2rgb DTDM run has no colour network G: set "
+                        "dtdm.estimator_workdir to a trained regression_raw2rgb run, or "
+                        "dtdm.estimator=upi")
+    return self._estimate(jnp.asarray(cond, jnp.float32))
 
   def train_estimate(self, batch, rng):
     """x at training time: D^2(y) for raw2rgb (the paper), the estimator for rgb2raw."""
     if self.direction == "raw2rgb":
       return degrade.degrade(rng, batch[self.target_key], self.degrade_params)
-    return self.estimator()(batch[self.cond_key])
+    return self.estimate(batch[self.cond_key])
 
   # -- protocol ---------------------------------------------------------------------
+  @property
+  def io(self):
+    return IOSpec(source=self.cond_key, target=self.target_key, in_channels=3,
+                  out_channels=3, patch=self.patch, direction=self.direction,
+                  conditions=(self.cond_key, "estimate"), noise_channels=3)
+
   def batch_spec(self, batch_size):
     p = self.patch
     return {k: jax.ShapeDtypeStruct((batch_size, p, p, 3), jnp.float32) for k in ("rgb", "raw")}
@@ -247,22 +193,9 @@ class DTDMTask:
 
   def eval_metrics(self, params, batch, rng):
     value, x01 = self._loss_terms(params, batch, rng, False)
-    return {"loss": value,
-            "x_psnr": jnp.mean(psnr(x01, batch[self.target_key], axis=(1, 2, 3)))}
+    return {"loss": value, "x_psnr": metrics.batch_psnr(x01, batch[self.target_key])}
 
   # -- sampling ---------------------------------------------------------------------
-  # The tiled reconstruct / eval tools (jisp.infer.predict) read these like DDPMTask's.
-  raw_channels = 3   # channels of y_hat (whatever the direction)
-  cond_channels = 3
-
-  def _check_sampler(self, sampler):
-    # DTDM has its own reverse process; the DDPM arms run ancestral DDPM. Refuse other
-    # sampler names rather than silently ignore them.
-    ok = (None, "dtdm") if self.process == "dtdm" else (None, "dtdm", "ddpm")
-    if sampler not in ok:
-      raise ValueError(f"{self.process} runs sample with sampler "
-                       f"{' or '.join(repr(o) for o in ok if o)}, not {sampler!r}")
-
   def _clip_dtdm(self, f_fn):
     """f with the y_hat it implies (Eq. 21) clipped to [-1, 1]: f + (A/S)(y_hat - clip)."""
     A = jnp.asarray(self.schedule.sqrt_alpha_bars, jnp.float32)
@@ -277,76 +210,83 @@ class DTDMTask:
       return f + (a / s) * (y_hat - jnp.clip(y_hat, -1.0, 1.0))
     return wrapped
 
-  def sample_model_range(self, params, w, x, rng, *, steps=None, eta=None, start=None,
-                         x_init=None, clip_x0=True, net_chunk=None):
+  def sample_model_range(self, params, w, x, rng, options, noise=None):
     """y_hat in model range from condition w and estimate x (both model range).
 
-    x_init: the start noise eps (N(0, I), shape of x): m_s = sqrt(ab_s) x + sqrt(1-ab_s) eps
+    noise: the start noise eps (N(0, I), shape of x): m_s = sqrt(ab_s) x + sqrt(1-ab_s) eps
     for DTDM and DDPM-from-estimate, x_T = eps for DDPM-from-noise; drawn from rng if None.
-    clip_x0 keeps the clean-image prediction of every network call in [-1, 1] (Ho et al.'s
-    clip_denoised; for DTDM the y_hat of Eq. 21); Algorithm 2 as printed has no clipping.
-    net_chunk: see `net_fn`.
+    options.clip_x0 keeps the clean-image prediction of every network call in [-1, 1] (Ho
+    et al.'s clip_denoised; for DTDM the y_hat of Eq. 21); Algorithm 2 as printed has no
+    clipping.
     """
-    f = self.net_fn(params, w, x, net_chunk=net_chunk)
+    f = self.net_fn(params, w, x, net_chunk=options.net_chunk)
     T = self.schedule.num_timesteps
     k0, k1 = jax.random.split(rng)
-    eps = samplers._normal_like(k0, x) if x_init is None else jnp.asarray(x_init, x.dtype)
+    eps = samplers.normal_like(k0, x) if noise is None else jnp.asarray(noise, x.dtype)
+    steps = options.steps
     if self.process == "dtdm":
-      f = self._clip_dtdm(f) if clip_x0 else f
+      f = self._clip_dtdm(f) if options.clip_x0 else f
       m_s = dtdm.start_state(self.schedule, self.s, x, eps)
       return dtdm.sample(f, self.schedule, self.s, x, k1, num_steps=steps, m_init=m_s,
-                         eta=self.eta if eta is None else eta)
-    f = samplers.clip_denoised(f, self.schedule) if clip_x0 else f
-    start = self.config.dtdm.ddpm_start if start is None else start
-    if start == "estimate":
+                         eta=self.eta if options.eta is None else options.eta)
+    f = samplers.clip_denoised(f, self.schedule) if options.clip_x0 else f
+    if options.start == "estimate":
       t0, state = self.s, dtdm.start_state(self.schedule, self.s, x, eps)
-    elif start == "noise":
-      t0, state = T, eps
     else:
-      raise ValueError(f"dtdm: start must be 'estimate' or 'noise', got {start!r}")
-    if steps is None or int(steps) == t0:
+      t0, state = T, eps
+    if steps == t0:
       return samplers.ddpm_sample(f, self.schedule, state, k1, start_step=t0)
     # Fewer steps than timesteps: DDIM with eta=1 is ancestral DDPM on a strided grid.
     return samplers.ddim_sample(f, self.schedule, state, k1, num_steps=int(steps), eta=1.0,
                                 start_step=t0)
 
-  def nfe(self, *, steps=None, start=None, sampler=None, **kw) -> int:
-    """Network evaluations of one `predict` call with these options."""
-    del kw
-    self._check_sampler(sampler)
-    if steps is not None:
-      return int(steps)
-    if self.process == "ddpm" and (start or self.config.dtdm.ddpm_start) == "noise":
-      return self.schedule.num_timesteps
-    return self.s
+  def default_options(self):
+    return PredictOptions(sampler=self.process, start=self.config.dtdm.ddpm_start
+                          if self.process == "ddpm" else None)
 
-  def predict(self, params, cond_patches, rng, *, steps=None, sampler=None, eta=None,
-              start=None, x_init=None, clip_x0=True, net_chunk=None, **kw):
+  def resolve_options(self, options=None):
+    """sampler: "dtdm" ("ddpm" also for the DDPM arms); steps: network calls (default s;
+    all T for DDPM from noise; fewer = strided); eta: DTDM's noise scale; start: DDPM arms
+    only ("estimate" / "noise")."""
+    o = options or PredictOptions()
+    ok = ("dtdm",) if self.process == "dtdm" else ("dtdm", "ddpm")
+    if o.sampler not in (None,) + ok:
+      # DTDM has its own reverse process; the DDPM arms run ancestral DDPM.
+      raise OptionError(f"a {self.process} run samples with sampler "
+                        f"{' or '.join(repr(n) for n in ok)}, not {o.sampler!r}")
+    if o.start_step is not None:
+      raise OptionError("start_step does not apply to DTDM (it starts at s or T)")
+    if self.process == "dtdm":
+      if o.start is not None:
+        raise OptionError("start is an option of DTDM's plain-DDPM arms (dtdm.process=ddpm)")
+      start, t0 = None, self.s
+    else:
+      start = o.start or self.config.dtdm.ddpm_start
+      if start not in ("estimate", "noise"):
+        raise OptionError(f"start must be 'estimate' or 'noise', got {start!r}")
+      t0 = self.s if start == "estimate" else self.schedule.num_timesteps
+    steps = t0 if o.steps is None else int(o.steps)
+    if not 1 <= steps <= t0:
+      raise OptionError(f"steps must be in 1..{t0} for this run, got {o.steps}")
+    if o.eta is not None and not o.eta >= 0:
+      raise OptionError(f"eta must be >= 0, got {o.eta}")
+    return o.replace(sampler=self.process, steps=steps, start=start)
+
+  def nfe(self, options):
+    return int(options.steps)
+
+  def predict(self, params, inputs, rng, options, noise=None):
     """y_hat in [0, 1] for condition patches (B, P, P, 3) in [0, 1] (the RAW for raw2rgb,
-    the sRGB for rgb2raw); x = the estimator's output on them (G(w) for raw2rgb).
-
-    steps: network calls (default s; all T for DDPM from noise; fewer = strided).
-    sampler: None or "dtdm" ("ddpm" also for the DDPM arms). eta: DTDM noise scale
-    (default config). start: DDPM arms only ("estimate" / "noise"). x_init, clip_x0: see
-    `sample_model_range`; net_chunk: see `net_fn`. Pure and jit-able (steps/eta/start/
-    clip_x0/net_chunk static).
-    """
-    if kw:
-      raise TypeError(f"DTDMTask.predict: unexpected options {sorted(kw)}")
-    self._check_sampler(sampler)
-    cond01 = jnp.asarray(cond_patches, jnp.float32)
-    x01 = self.estimator()(cond01)
+    the sRGB for rgb2raw); x = the estimator's output on them (G(w) for raw2rgb)."""
+    cond01 = jnp.asarray(inputs, jnp.float32)
+    x01 = self.estimate(cond01)
     out = self.sample_model_range(params, to_model_range(cond01), to_model_range(x01), rng,
-                                  steps=steps, eta=eta, start=start, x_init=x_init,
-                                  clip_x0=clip_x0, net_chunk=net_chunk)
+                                  options, noise)
     return jnp.clip(out * 0.5 + 0.5, 0.0, 1.0)
 
-  def sampler_fn(self, *, steps=None, eta=None, start=None, clip_x0=True):
-    """jax.jit of (params, cond01, rng) -> predict(...), cached per option set, so a caller
-    can `.lower(...).compile()` it and time compile and run apart."""
-    key = (steps, eta, start, clip_x0)
-    if key not in self._fns:
-      self.estimator()  # load G outside the trace
-      self._fns[key] = jax.jit(lambda p, c, r: self.predict(
-          p, c, r, steps=steps, eta=eta, start=start, clip_x0=clip_x0))
-    return self._fns[key]
+  def network(self, params):
+    p = self.patch
+    x = jax.ShapeDtypeStruct((1, p, p, 9), jnp.float32)
+    t = jax.ShapeDtypeStruct((1,), jnp.float32)
+    return (lambda prm, xx, tt: self.model.apply({"params": prm}, xx, tt, train=False),
+            (params, x, t))

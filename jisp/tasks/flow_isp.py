@@ -21,7 +21,7 @@ the codec simulator at `codec.crf`), re-quantised to 8 bits, and inverted:
   raw_psnr       RAW PSNR of that reconstruction (dB, per image, averaged)
   raw_psnr_8bit  the same without compression (8-bit quantisation and clipping only)
   rgb_psnr       PSNR of the forward rendering against the ground-truth sRGB
-The full test protocol with real PIL JPEG files lives in jisp.infer.flow_benchmark.
+The full test protocol with real JPEG files lives in jisp.infer.roundtrip.
 """
 from __future__ import annotations
 
@@ -30,19 +30,16 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jisp.core import metrics
+from jisp.core.errors import ConfigError
 from jisp.isp import codec as codec_lib
 from jisp.isp import jpeg as jpeg_lib
 from jisp.isp import video_synth
 from jisp.models import flow as flow_lib
 from jisp.models import flow_video
+from jisp.tasks.base import IOSpec, Task
 
 SIMULATORS = ("none", "jpeg", "codec")
-
-
-def psnr(a, b, axes=(-3, -2, -1)):
-  """Per-image PSNR (dB) of [0, 1] images, capped at 100 dB (MSE floored at 1e-10)."""
-  mse = jnp.mean((jnp.asarray(a, jnp.float32) - jnp.asarray(b, jnp.float32)) ** 2, axis=axes)
-  return 10.0 * jnp.log10(1.0 / jnp.maximum(mse, 1e-10))
 
 
 def quantize8(x):
@@ -51,17 +48,14 @@ def quantize8(x):
 
 
 def _config_error(key, value, why):
-  from jisp.config_utils import ConfigError
   return ConfigError(f"bad value for config key '{key}': {value!r} ({why})")
 
 
-class FlowISPTask:
+class FlowISPTask(Task):
   name = "flow_isp"
-  raw_channels = 3     # what jisp.infer.predict.PatchPredictor reads
-  cond_channels = 3
 
-  def __init__(self, config):
-    self.config = config
+  def __init__(self, config, inputs=None):
+    super().__init__(config, inputs)
     self.patch = int(config.data.patch_size)
     self.raw_weight = float(config.loss.raw_weight)
     self.simulator = str(config.loss.simulator)
@@ -106,6 +100,11 @@ class FlowISPTask:
 
   # ---------------------------------------------------------------- protocol
 
+  @property
+  def io(self):
+    return IOSpec(source="rgb", target="raw", in_channels=3, out_channels=3,
+                  patch=self.patch, direction="both", conditions=("rgb",))
+
   def batch_spec(self, batch_size):
     p = self.patch
     s = jax.ShapeDtypeStruct((batch_size, p, p, 3), jnp.float32)
@@ -129,20 +128,29 @@ class FlowISPTask:
            else self.flow.inverse(params, rgb))
     return jnp.clip(out, 0.0, 1.0) if clip else out
 
-  def predict(self, params, rgb_patches, rng=None, **kw):
-    """RAW patches (B, P, P, 3) in [0, 1] for sRGB patches: the inverse pass (deterministic,
-    `rng` unused). A video flow treats each still as a clip of W identical frames."""
-    del rng, kw
-    x = jnp.asarray(rgb_patches, jnp.float32)
+  def predict(self, params, inputs, rng, options, noise=None):
+    """RAW patches (B, P, P, 3) in [0, 1] for sRGB patches: the inverse pass (deterministic).
+    A video flow treats each still as a clip of W identical frames."""
+    del rng, options, noise
+    x = jnp.asarray(inputs, jnp.float32)
     if not self.is_video:
       return self.inverse(params, x)
     clip = jnp.repeat(x[:, None], self.window, axis=1)
     return self.inverse(params, clip)[:, self.vflow.centre]
 
-  def nfe(self, **kw) -> int:
-    """Network evaluations per `predict` call: one inverse pass, whatever the options."""
-    del kw
-    return 1
+  def render(self, params, raw):
+    """The forward pass on still images (B, H, W, 3): RAW -> sRGB in [0, 1]; a video flow
+    renders each still as a clip of W identical frames."""
+    x = jnp.asarray(raw, jnp.float32)
+    if not self.is_video:
+      return self.forward(params, x)
+    clip = jnp.repeat(x[:, None], self.window, axis=1)
+    return self.forward(params, clip)[:, self.vflow.centre]
+
+  def network(self, params):
+    # One network evaluation = one inverse pass on one patch (what predict runs).
+    x = jax.ShapeDtypeStruct((1, self.patch, self.patch, 3), jnp.float32)
+    return (lambda prm, xx: self.predict(prm, xx, None, None)), (params, x)
 
   # ---------------------------------------------------------------- loss
 
@@ -199,7 +207,7 @@ class FlowISPTask:
     raw_8bit = pick(self.inverse(params, window))
     return {
         "loss": loss, "rgb_l1": aux["rgb_l1"], "raw_l1": aux["raw_l1"],
-        "rgb_psnr": jnp.mean(psnr(stored, rgb)),
-        "raw_psnr": jnp.mean(psnr(raw_jpeg, raw)),
-        "raw_psnr_8bit": jnp.mean(psnr(raw_8bit, raw)),
+        "rgb_psnr": metrics.batch_psnr(stored, rgb),
+        "raw_psnr": metrics.batch_psnr(raw_jpeg, raw),
+        "raw_psnr_8bit": metrics.batch_psnr(raw_8bit, raw),
     }

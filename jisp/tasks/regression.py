@@ -10,23 +10,19 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jisp.config_utils import ConfigError
+from jisp.core import metrics
+from jisp.core.errors import ConfigError
 from jisp.models import color_net
+from jisp.tasks.base import IOSpec, Task
 
 DIRECTIONS = {"raw2rgb": ("raw", "rgb"), "rgb2raw": ("rgb", "raw")}
 
 
-def psnr(a, b, axis=None):
-  """PSNR in dB of [0, 1] images (mean over `axis` before the log)."""
-  mse = jnp.mean(jnp.square(a - b), axis=axis)
-  return -10.0 * jnp.log10(jnp.maximum(mse, 1e-12))
-
-
-class RegressionTask:
+class RegressionTask(Task):
   name = "regression"
 
-  def __init__(self, config):
-    self.config = config
+  def __init__(self, config, inputs=None):
+    super().__init__(config, inputs)
     direction = config.regression.direction
     if direction not in DIRECTIONS:
       raise ConfigError(f"bad value for config key 'regression.direction': {direction!r} "
@@ -35,7 +31,11 @@ class RegressionTask:
     self.src, self.dst = DIRECTIONS[direction]
     self.model = color_net.from_config(config.model)
     self.patch = config.data.patch_size
-    self._predict_fn = None
+
+  @property
+  def io(self):
+    return IOSpec(source=self.src, target=self.dst, in_channels=3, out_channels=3,
+                  patch=self.patch, direction=self.direction, conditions=(self.src,))
 
   def batch_spec(self, batch_size):
     p = self.patch
@@ -57,12 +57,13 @@ class RegressionTask:
   def eval_metrics(self, params, batch, rng):
     out = jnp.clip(self.apply(params, batch[self.src]), 0.0, 1.0)
     return {"loss": jnp.mean(jnp.abs(out - batch[self.dst])),
-            "psnr": jnp.mean(psnr(out, batch[self.dst], axis=(1, 2, 3)))}
+            "psnr": metrics.batch_psnr(out, batch[self.dst])}
 
-  def predict(self, params, inputs, rng=None, **kw):
-    """The mapped image in [0, 1]; `rng` and sampler keywords (steps, ...) are ignored, so
-    the tiled reconstruct / eval tools can call every task alike."""
-    del rng, kw
-    if self._predict_fn is None:
-      self._predict_fn = jax.jit(lambda p, x: jnp.clip(self.apply(p, x), 0.0, 1.0))
-    return self._predict_fn(params, jnp.asarray(inputs, jnp.float32))
+  def predict(self, params, inputs, rng, options, noise=None):
+    """The mapped image in [0, 1] (deterministic: rng and noise are unused)."""
+    del rng, options, noise
+    return jnp.clip(self.apply(params, jnp.asarray(inputs, jnp.float32)), 0.0, 1.0)
+
+  def network(self, params):
+    x = jax.ShapeDtypeStruct((1, self.patch, self.patch, 3), jnp.float32)
+    return self.apply, (params, x)

@@ -6,10 +6,14 @@ while training continues.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
 import orbax.checkpoint as ocp
+
+from jisp.core.errors import RunError
+from jisp.train import optim, state as state_lib
 
 
 class Checkpointer:
@@ -46,27 +50,32 @@ class Checkpointer:
     self.manager.close()
 
 
-def restore_params(workdir, task, use_ema: bool = True):
-  """The (EMA) params of the latest checkpoint of a run, for inference tools.
+def checkpoint_steps(workdir) -> list[int]:
+  """Steps of the finished checkpoints of a run, oldest first."""
+  d = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(d):
+    return []
+  return sorted(int(n) for n in os.listdir(d) if n.isdigit())
 
-  Restores onto this process's first device whatever topology wrote the checkpoint (a
-  pod, 8 fake CPU devices, 2 processes): the target tree is built from the task and the
-  optimiser of its config, with explicit single-device shardings.
+
+def restore_params(workdir, task, use_ema: bool = True, step: int | None = None):
+  """(step, params) of a run's latest (or given) checkpoint, for inference tools.
+
+  Only the `state` item is read (the data position is the train loop's business). Restores
+  onto this process's first device whatever topology wrote the checkpoint (a pod, 8 fake
+  CPU devices, 2 processes): the target tree is built from the task and the optimiser of
+  its config, with explicit single-device shardings.
   """
-  import functools
-  from jisp.train import optim, state as state_lib
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(ckpt_dir):
-    raise FileNotFoundError(f"{workdir}: no checkpoints directory (train first)")
-  mngr = ocp.CheckpointManager(os.path.abspath(ckpt_dir))
-  step = mngr.latest_step()
-  if step is None:
-    mngr.close()
-    raise FileNotFoundError(f"{workdir}: no checkpoint found in {ckpt_dir}")
+  steps = checkpoint_steps(workdir)
+  if not steps:
+    raise RunError(f"{workdir}: no checkpoint in {os.path.join(workdir, 'checkpoints')} "
+                   "(train first)")
+  step = steps[-1] if step is None else int(step)
   tx, _ = optim.make_optimizer(task.config.optim, task.config.num_steps)
   shapes = jax.eval_shape(functools.partial(state_lib.create, task, tx), jax.random.PRNGKey(0))
   dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=dev), shapes)
-  tree = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
-  mngr.close()
+  path = os.path.join(os.path.abspath(workdir), "checkpoints", str(step), "state")
+  with ocp.StandardCheckpointer() as ckptr:
+    tree = ckptr.restore(path, abstract)
   return step, (tree.ema_params if use_ema else tree.params)

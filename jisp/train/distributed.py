@@ -11,14 +11,11 @@ import os
 
 import jax
 
-_initialized = False
-
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
                process_id: int | None = None) -> bool:
-  """Initialise jax.distributed once if asked to; returns True when multi-process."""
-  global _initialized
-  if _initialized:
+  """Initialise jax.distributed if asked to and not done yet; True when multi-process."""
+  if jax.distributed.is_initialized():
     return jax.process_count() > 1
   coordinator = coordinator or os.environ.get("JISP_COORDINATOR")
   if num_processes is None and os.environ.get("JISP_NUM_PROCESSES"):
@@ -27,7 +24,6 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     process_id = int(os.environ["JISP_PROCESS_ID"])
   if os.environ.get("JISP_DISTRIBUTED") == "auto":
     jax.distributed.initialize()
-    _initialized = True
   elif coordinator and (num_processes or 1) > 1:
     kwargs = {}
     if os.environ.get("JISP_HEARTBEAT_TIMEOUT"):
@@ -35,5 +31,4 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
       kwargs["heartbeat_timeout_seconds"] = int(os.environ["JISP_HEARTBEAT_TIMEOUT"])
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                process_id=process_id, **kwargs)
-    _initialized = True
   return jax.process_count() > 1

@@ -19,15 +19,12 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
-from jisp import tasks
-from jisp.models import microbatch
-from jisp.train import checkpoint, distributed, mesh as mesh_lib, optim, sources
+from jisp.core import microbatch, sharding
+from jisp.core.errors import ConfigError, NonFiniteLoss
+from jisp.core.fileio import atomic_write_json
+from jisp.train import checkpoint, distributed, optim, runs, sources
 from jisp.train import state as state_lib
 from jisp.train.metrics_log import MetricsLog
-
-
-class NonFiniteLoss(RuntimeError):
-  """Training produced NaN/inf; the last good checkpoint is kept."""
 
 
 def ema_update(ema, params, decay, step):
@@ -53,8 +50,8 @@ def loss_and_grads(task, params, batch, rng, micro_batch: int = 0):
     return one(params, batch, rng)
   parts = jax.tree.map(lambda a: microbatch.split(a, micro_batch), batch)
   # A Python loop, unrolled into the compiled step: the same loop as a rolled lax.scan ran
-  # ~10x slower on XLA:CPU (measured, paper and tiny U-Net); the price is compile time
-  # linear in the number of micro-batches.
+  # several times slower on XLA:CPU (README "Speed"); the price is compile time linear in
+  # the number of micro-batches.
   total = None
   for i in range(b // micro_batch):
     mb = jax.tree.map(lambda a: a[i], parts)
@@ -90,11 +87,11 @@ def make_eval_step(task):
 
 
 def compile_train_step(task, tx, lr_fn, config, mesh, state_sharding):
-  batch_sh = jax.tree.map(lambda _: mesh_lib.batch_sharding(mesh), task.batch_spec(config.batch_size))
+  batch_sh = jax.tree.map(lambda _: sharding.batch_sharding(mesh), task.batch_spec(config.batch_size))
   return jax.jit(make_train_step(task, tx, lr_fn, config.optim.ema_decay,
                                  micro_batch_of(config)),
                  in_shardings=(state_sharding, batch_sh),
-                 out_shardings=(state_sharding, mesh_lib.replicated(mesh)),
+                 out_shardings=(state_sharding, sharding.replicated(mesh)),
                  donate_argnums=(0,))
 
 
@@ -102,7 +99,7 @@ def init_state(task, tx, config, mesh):
   """Replicated TrainState built directly on the mesh (no host round trip)."""
   create = functools.partial(state_lib.create, task, tx)
   shapes = jax.eval_shape(create, jax.random.PRNGKey(config.seed))
-  state_sharding = jax.tree.map(lambda _: mesh_lib.replicated(mesh), shapes)
+  state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), shapes)
   state = jax.jit(create, out_shardings=state_sharding)(jax.random.PRNGKey(config.seed))
   return state, state_sharding
 
@@ -114,7 +111,6 @@ def check_micro_batch(config, n_dev: int) -> None:
   if m == 0 or m >= config.batch_size:
     return
   if m < 0 or config.batch_size % m or m % n_dev:
-    from jisp.config_utils import ConfigError
     raise ConfigError(f"bad value for config key 'micro_batch': {m} (must divide batch_size "
                       f"{config.batch_size} and be a multiple of the {n_dev} devices)")
 
@@ -157,11 +153,10 @@ def train(config, workdir: str) -> dict:
   distributed.initialize()
   workdir = os.path.abspath(workdir)
   is_main = jax.process_index() == 0
-  task = tasks.get_task(config)
-  mesh = mesh_lib.make_mesh()
+  task = runs.build_task(config)
+  mesh = sharding.make_mesh()
   n_dev = jax.device_count()
   if config.batch_size % n_dev:
-    from jisp.config_utils import ConfigError
     raise ConfigError(f"bad value for config key 'batch_size': {config.batch_size} is not "
                       f"divisible by the {n_dev} devices of the mesh")
   check_micro_batch(config, n_dev)
@@ -175,7 +170,8 @@ def train(config, workdir: str) -> dict:
           f"processes={jax.process_count()} global_batch={config.batch_size} workdir={workdir}",
           flush=True)
     os.makedirs(workdir, exist_ok=True)
-    _write_json_atomic(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+    atomic_write_json(os.path.join(workdir, "config.json"),
+                      json.loads(config.to_json_best_effort()), indent=2, sort_keys=True)
 
   source = sources.make_source(config, "train", local_batch=local_batch,
                                process_index=jax.process_index(),
@@ -204,7 +200,7 @@ def train(config, workdir: str) -> dict:
   step = start
   try:
     for step in range(start + 1, config.num_steps + 1):
-      batch = mesh_lib.to_global(source.next(), mesh)
+      batch = sharding.to_global(source.next(), mesh)
       state, metrics = train_step(state, batch)
       # Check the previous step's loss while this one runs: catches NaN within one
       # step without a host sync on every step.
@@ -251,7 +247,7 @@ def _eval_batches(config, local_batch, mesh):
   src = sources.make_source(config, "test", local_batch=local_batch,
                             process_index=jax.process_index(),
                             process_count=jax.process_count(), train=False)
-  out = [mesh_lib.to_global(src.next(), mesh) for _ in range(config.get("eval_batches", 2))]
+  out = [sharding.to_global(src.next(), mesh) for _ in range(config.get("eval_batches", 2))]
   src.close()
   return out
 
@@ -263,10 +259,3 @@ def _evaluate(eval_step, params, batches, seed):
     for k, v in jax.device_get(m).items():
       totals[k] = totals.get(k, 0.0) + float(v)
   return {k: v / len(batches) for k, v in totals.items()}
-
-
-def _write_json_atomic(path, obj):
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)

@@ -7,7 +7,8 @@ import os
 import sys
 import time
 
-from jisp.train.tb_events import EventWriter
+from tensorboardX import SummaryWriter
+
 
 
 def read_metrics(path) -> list[dict]:
@@ -40,7 +41,8 @@ class MetricsLog:
     if enabled:
       os.makedirs(workdir, exist_ok=True)
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-      self._tb = EventWriter(os.path.join(workdir, "tensorboard"))
+      # tensorboardX: TensorBoard event files without TensorFlow (accelerator images).
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
 
   def event(self, **rec) -> None:
     if self.enabled:
@@ -54,17 +56,16 @@ class MetricsLog:
     rec.update({k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in values.items()})
     self._jsonl.write(json.dumps(rec) + "\n")
     self._jsonl.flush()
-    self._tb.scalars(step, {k: float(v) for k, v in values.items()})
+    for k, v in values.items():
+      self._tb.add_scalar(k, float(v), int(step))
 
   def progress(self, step: int, values: dict[str, float]) -> None:
-    """One console line per log step: a progress bar plus the headline numbers."""
+    """One plain console line per log step with the headline numbers."""
     if not self.enabled:
       return
-    frac = step / max(self.total, 1)
-    bar = "#" * int(30 * frac) + "." * (30 - int(30 * frac))
     shown = " ".join(f"{k}={v:.4g}" for k, v in values.items())
     elapsed = time.time() - self._t0
-    print(f"[{bar}] {step}/{self.total} {shown} ({elapsed:.0f}s)", file=sys.stderr, flush=True)
+    print(f"step {step}/{self.total} {shown} ({elapsed:.0f}s)", file=sys.stderr, flush=True)
 
   def close(self) -> None:
     if self.enabled:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import optax
 
-from jisp.config_utils import ConfigError
+from jisp.core.errors import ConfigError
 
 
 def make_lr_schedule(ocfg, num_steps: int):

@@ -1,7 +1,7 @@
 """Picks the batch source a config asks for; the loop only sees next/get_state/set_state."""
 from __future__ import annotations
 
-from jisp.config_utils import ConfigError
+from jisp.core.errors import ConfigError
 
 
 def make_source(config, split: str, *, local_batch: int, process_index: int,

@@ -7,12 +7,11 @@ the same at train and test time: UPI's inverse with the camera profile of the pr
 --config.dtdm.estimator_workdir=RUN). Patches 64x64 and the U-Net of the DDPM paper; DTDM's
 T=2000, s=100 and optimiser (Adam 1e-4, 10k warm-up), batch 32.
 """
-import pathlib
-from jisp.config_utils import load_config_file
+from jisp.configs import dtdm_raw2rgb
 
 
 def get_config():
-  c = load_config_file(pathlib.Path(__file__).with_name("dtdm_raw2rgb.py"))
+  c = dtdm_raw2rgb.get_config()
   c.dtdm.direction = "rgb2raw"
   c.dtdm.estimator = "upi"
   c.data.patch_size = 64

@@ -1,12 +1,11 @@
 """CI / demo size of video InvISP: windows of 3 frames (24x24) cut by random pans and zooms
 from 32x32 still patches, the sliding-window flow, and the H.264-like codec simulator at
 CRF 23 with 1-pixel dominant motion (the paper's best shift) and 0.1-pixel jitter."""
-import pathlib
-from jisp.config_utils import load_config_file
+from jisp.configs import invisp_tiny
 
 
 def get_config():
-  c = load_config_file(pathlib.Path(__file__).with_name("invisp_tiny.py"))
+  c = invisp_tiny.get_config()
   c.loss.simulator = "codec"
   c.video.window = 3
   c.video.frame_size = 24

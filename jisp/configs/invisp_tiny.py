@@ -1,11 +1,10 @@
 """CI / demo size of InvISP: the same code path, 3 blocks of growth-8 dense subnets on
 32x32 patches (a train step takes a fraction of a second on a 2-core CPU)."""
-import pathlib
-from jisp.config_utils import load_config_file
+from jisp.configs import invisp_fivek
 
 
 def get_config():
-  c = load_config_file(pathlib.Path(__file__).with_name("invisp_fivek.py"))
+  c = invisp_fivek.get_config()
   c.batch_size = 8
   c.num_steps = 200
   c.log_every = 10

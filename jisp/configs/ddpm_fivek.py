@@ -5,16 +5,32 @@ embedding), 2x down/up-sampling and full spatial self-attention after every stag
 the first, skip connections; epsilon prediction with the RGB concatenated to the noisy
 RAW; linear beta 0.0015 -> 0.0195 over T=1000 (LDM's form); 64x64 patches; Adam with
 linear warm-up to 2e-4 over 1k steps then cosine to 2e-6; global-norm clip 1; batch
-256; 20k steps.  Camera switch: --config.data.camera=canon.
+256; 20k steps.
+
+Arguments (`--config ddpm_fivek.py:ARG`, comma-separated) give the paper's Table 2
+ablations and the other switches without one file each:
+  camera=nikon|canon   FiveK subset (Nikon D700 or Canon EOS 5D)
+  nres=2               two residual blocks per U-Net stage
+  base=32              U-Net base channels 32 instead of 64
+  schedule=ddpm        the original DDPM beta schedule (1e-4 -> 0.02, linear)
+  patch=128            128x128 patches; batch 64 keeps the pixels per step of 256 x 64x64
+                       (the paper shrank the batch for memory without saying to what)
+  prediction=v         v-prediction (Salimans & Ho) instead of epsilon: not in the paper;
+                       jisp's finding is that eps needs far longer training before sampling
+                       from pure noise works on this task (README, "eps vs v")
 """
 import ml_collections
 
+from jisp.core.config import parse_arg
 
-def get_config():
+
+def get_config(arg=None):
+  a = parse_arg(arg, camera="nikon", nres=1, base=64, schedule="linear_ldm", patch=64,
+                prediction="eps")
   c = ml_collections.ConfigDict()
   c.task = "ddpm"
   c.seed = 0
-  c.batch_size = 256          # global, across all processes and devices
+  c.batch_size = 256 if a.patch == 64 else max(1, 256 * 64 * 64 // (a.patch * a.patch))  # global
   c.num_steps = 20_000
   c.log_every = 50
   c.checkpoint_every = 1_000
@@ -25,15 +41,15 @@ def get_config():
   c.data = ml_collections.ConfigDict()
   c.data.source = "synthetic"  # "synthetic" (parametric camera, no files) or "shards"
   c.data.dir = ""              # prepared shards (jisp prepare); sets source=shards when given
-  c.data.camera = "nikon"      # FiveK subset: "nikon" (D700, 590 files) or "canon" (EOS 5D, 777)
+  c.data.camera = a.camera     # FiveK subset: "nikon" (D700, 590 files) or "canon" (EOS 5D, 777)
   c.data.protocol = "invisp"
-  c.data.patch_size = 64
+  c.data.patch_size = a.patch
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "unet"
-  c.model.base_channels = 64
+  c.model.base_channels = a.base
   c.model.channel_mults = (1, 2, 3, 4)
-  c.model.num_res_blocks = 1
+  c.model.num_res_blocks = a.nres
   c.model.attention_stages = (False, True, True, True)
   c.model.num_groups = 32
   c.model.dropout = 0.0
@@ -42,11 +58,14 @@ def get_config():
   c.model.dtype = "float32"    # compute dtype; "bfloat16" on accelerators
 
   c.diffusion = ml_collections.ConfigDict()
-  c.diffusion.kind = "linear_ldm"
   c.diffusion.num_timesteps = 1000
-  c.diffusion.beta_start = 0.0015
-  c.diffusion.beta_end = 0.0195
-  c.diffusion.prediction = "eps"  # the paper's; "v" (Salimans & Ho) is an option
+  if a.schedule == "linear_ldm":   # the paper's: linear in sqrt(beta), as LDM
+    c.diffusion.kind, c.diffusion.beta_start, c.diffusion.beta_end = "linear_ldm", 0.0015, 0.0195
+  elif a.schedule == "ddpm":       # Table 2's "DDPM schedule": Ho et al.'s 1e-4 -> 0.02
+    c.diffusion.kind, c.diffusion.beta_start, c.diffusion.beta_end = "ddpm", 1e-4, 0.02
+  else:
+    raise ValueError(f"schedule must be linear_ldm or ddpm, got {a.schedule!r}")
+  c.diffusion.prediction = a.prediction  # the paper's "eps"; "v" (Salimans & Ho) is an option
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adam"

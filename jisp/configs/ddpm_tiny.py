@@ -1,10 +1,9 @@
 """CI / demo size of the conditional DDPM: same code path, seconds per step on a 2-core CPU."""
-import pathlib
-from jisp.config_utils import load_config_file
+from jisp.configs import ddpm_fivek
 
 
 def get_config():
-  c = load_config_file(pathlib.Path(__file__).with_name("ddpm_fivek.py"))
+  c = ddpm_fivek.get_config()
   c.batch_size = 16
   c.num_steps = 200
   c.log_every = 10

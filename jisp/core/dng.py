@@ -8,13 +8,12 @@ mosaic, CFA layout, levels and white balance for every Bayer layout.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-BAYER_PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")
+from jisp.core.camera import BAYER_PATTERNS
+from jisp.core.fileio import atomic_write_bytes
 _CFA_CODE = {"R": 0, "G": 1, "B": 2}  # TIFF/EP CFAPattern colour codes
 _D65 = 21                              # EXIF LightSource code of CalibrationIlluminant
 _DEN = 1_000_000                       # rational denominator: 1e-6 resolution
@@ -133,7 +132,8 @@ def dng_tags(shape, pattern, black_level, white_level, as_shot_neutral, color_ma
 def write_dng(path, mosaic, pattern, black_level, white_level, as_shot_neutral,
               color_matrix, orientation=1, make="jisp", model="jisp", unique_model=None,
               *, linearization=None) -> Path:
-  """Write an uncompressed Bayer DNG atomically (temp file in the same folder + rename).
+  """Write an uncompressed Bayer DNG atomically (temp file in the same folder + rename,
+  mode 0644).
 
   mosaic: (H, W) raw digital values, uint16 or losslessly castable, H and W even, in
     sensor orientation; `orientation` (EXIF 1..8) tells readers how to show it.
@@ -158,18 +158,7 @@ def write_dng(path, mosaic, pattern, black_level, white_level, as_shot_neutral,
                    software=False)
   if not path.parent.is_dir():
     raise FileNotFoundError(f"{path}: parent folder does not exist")
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(buf.getvalue())
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-  return path
+  return atomic_write_bytes(path, buf.getvalue())
 
 
 def neutral_from_wb(wb) -> np.ndarray:

@@ -3,12 +3,11 @@
 T=2000 and s=100 as in the paper; test-time G is UPI's forward process by default (set
 dtdm.estimator=regression + dtdm.estimator_workdir to use a trained regression_raw2rgb_tiny).
 """
-import pathlib
-from jisp.config_utils import load_config_file
+from jisp.configs import dtdm_raw2rgb
 
 
 def get_config():
-  c = load_config_file(pathlib.Path(__file__).with_name("dtdm_raw2rgb.py"))
+  c = dtdm_raw2rgb.get_config()
   c.batch_size = 16
   c.num_steps = 300
   c.log_every = 10

@@ -1,10 +1,9 @@
 """CI / demo / ablation size of the regression net (RAW -> sRGB): 32x32 patches, base 16."""
-import pathlib
-from jisp.config_utils import load_config_file
+from jisp.configs import regression_raw2rgb
 
 
 def get_config():
-  c = load_config_file(pathlib.Path(__file__).with_name("regression_raw2rgb.py"))
+  c = regression_raw2rgb.get_config()
   c.batch_size = 16
   c.num_steps = 300
   c.log_every = 10

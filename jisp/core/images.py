@@ -1,38 +1,49 @@
-"""Reading the sRGB inputs of `jisp reconstruct` and writing its TIFF / PNG outputs.
+"""Image files: reading sRGB inputs, writing PNG / 16-bit TIFF, real JPEG round trips,
+and the one EXIF-orientation helper.
 
 JPEG / PNG / TIFF, 8 or 16 bit, are read upright (EXIF orientation applied) into float32
 (H, W, 3) in [0, 1]. TIFFs go through tifffile (PIL cannot hold 16-bit RGB), everything
 else through PIL. Inputs the network cannot serve -- grayscale, CMYK, unreadable files --
-raise `ImageError`, one line naming the file. PIL and tifffile are imported when used.
+raise `ImageError`, one line naming the file. PIL and tifffile are imported when used, so
+this module imports with numpy alone.
 """
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 
 import numpy as np
+
+from jisp.core.errors import InputError
+from jisp.core.fileio import atomic_write_bytes
 
 _TIFF_EXT = (".tif", ".tiff")
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
-class ImageError(ValueError):
+class ImageError(InputError):
   """An input image that cannot be used; str() is one line naming the file."""
 
-  def __init__(self, path, reason: str):
-    self.path = str(path)
-    super().__init__(f"{self.path}: {' '.join(str(reason).split())}")
+
+_ORIENT = {1: lambda x: x, 2: lambda x: x[:, ::-1], 3: lambda x: x[::-1, ::-1],
+           4: lambda x: x[::-1], 5: lambda x: np.swapaxes(x, 0, 1),
+           6: lambda x: np.rot90(x, -1), 7: lambda x: np.swapaxes(x[::-1, ::-1], 0, 1),
+           8: lambda x: np.rot90(x, 1)}
 
 
-def _orient(a: np.ndarray, orientation: int) -> np.ndarray:
-  """EXIF orientation 1..8 -> the upright array (the mapping of PIL.ImageOps.exif_transpose
-  and jisp.data.raw_io.apply_orientation). An out-of-range tag is ignored, as readers do."""
-  ops = {1: lambda x: x, 2: lambda x: x[:, ::-1], 3: lambda x: x[::-1, ::-1],
-         4: lambda x: x[::-1], 5: lambda x: np.swapaxes(x, 0, 1),
-         6: lambda x: np.rot90(x, -1), 7: lambda x: np.swapaxes(x[::-1, ::-1], 0, 1),
-         8: lambda x: np.rot90(x, 1)}
-  return np.ascontiguousarray(ops.get(int(orientation), ops[1])(a))
+def apply_orientation(arr, orientation: int) -> np.ndarray:
+  """An (H, W, ...) array stored in sensor/file order turned into display order by its EXIF
+  orientation 1..8 (the mapping of PIL.ImageOps.exif_transpose)."""
+  o = int(orientation)
+  if o not in _ORIENT:
+    raise ValueError(f"EXIF orientation must be 1..8, got {orientation!r}")
+  return _ORIENT[o](np.asarray(arr))
+
+
+def _upright(a: np.ndarray, orientation: int) -> np.ndarray:
+  """Readers ignore an out-of-range orientation tag, as photo viewers do."""
+  o = int(orientation)
+  return np.ascontiguousarray(apply_orientation(a, o if o in _ORIENT else 1))
 
 
 def _to_float(a: np.ndarray, path) -> np.ndarray:
@@ -64,7 +75,7 @@ def _read_tiff(path: Path):
     raise ImageError(path, f"unsupported TIFF ({photometric}, shape {arr.shape}); "
                      "expected 3-channel RGB")
   bits = {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16}.get(arr.dtype, 32)
-  return _orient(_to_float(arr[..., :3], path), orientation), bits
+  return _upright(_to_float(arr[..., :3], path), orientation), bits
 
 
 def _read_pil(path: Path):
@@ -112,22 +123,12 @@ def read_image(path) -> tuple[np.ndarray, int]:
   return img, bits
 
 
-def _atomic_bytes(path, data: bytes) -> Path:
-  path = Path(path)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-  except BaseException:
-    Path(tmp).unlink(missing_ok=True)
-    raise
-  return path
-
-
 def to_uint8(img) -> np.ndarray:
-  return np.round(np.clip(np.asarray(img, np.float32), 0, 1) * 255.0).astype(np.uint8)
+  """[0, 1] float (or uint8) image -> uint8, rounded."""
+  a = np.asarray(img)
+  if a.dtype == np.uint8:
+    return a
+  return np.round(np.clip(a.astype(np.float32), 0, 1) * 255.0).astype(np.uint8)
 
 
 def to_uint16(img) -> np.ndarray:
@@ -136,19 +137,42 @@ def to_uint16(img) -> np.ndarray:
 
 def write_png(path, img) -> Path:
   """8-bit RGB PNG of a float image in [0, 1] (or uint8), written atomically."""
-  import io
   from PIL import Image
-  a = np.asarray(img)
-  a = a if a.dtype == np.uint8 else to_uint8(a)
   buf = io.BytesIO()
-  Image.fromarray(np.ascontiguousarray(a)).save(buf, format="PNG")
-  return _atomic_bytes(path, buf.getvalue())
+  Image.fromarray(np.ascontiguousarray(to_uint8(img))).save(buf, format="PNG")
+  return atomic_write_bytes(path, buf.getvalue())
 
 
 def write_tiff16(path, img) -> Path:
   """16-bit RGB TIFF of a float image in [0, 1], written atomically."""
-  import io
   import tifffile
   buf = io.BytesIO()
   tifffile.imwrite(buf, to_uint16(img), photometric="rgb", metadata=None)
-  return _atomic_bytes(path, buf.getvalue())
+  return atomic_write_bytes(path, buf.getvalue())
+
+
+JPEG_SUBSAMPLINGS = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}  # PIL's `subsampling` codes
+
+
+def encode_jpeg(rgb, quality: int = 90, subsampling: str = "4:2:0") -> bytes:
+  """A real baseline JPEG (libjpeg via Pillow) of an (H, W, 3) image in [0, 1] or uint8."""
+  from PIL import Image
+  if subsampling not in JPEG_SUBSAMPLINGS:
+    raise ValueError(f"unknown JPEG subsampling {subsampling!r}; expected one of "
+                     f"{tuple(JPEG_SUBSAMPLINGS)}")
+  buf = io.BytesIO()
+  Image.fromarray(np.ascontiguousarray(to_uint8(rgb))).save(
+      buf, format="JPEG", quality=int(quality), subsampling=JPEG_SUBSAMPLINGS[subsampling])
+  return buf.getvalue()
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+  """uint8 (H, W, 3) of JPEG bytes."""
+  from PIL import Image
+  with Image.open(io.BytesIO(data)) as im:
+    return np.asarray(im.convert("RGB"))
+
+
+def jpeg_roundtrip(rgb, quality: int = 90, subsampling: str = "4:2:0") -> np.ndarray:
+  """What a viewer shows after storing `rgb` as a real JPEG: uint8 (H, W, 3)."""
+  return decode_jpeg(encode_jpeg(rgb, quality, subsampling))

@@ -9,8 +9,16 @@ loss = |f(raw) - rgb|_1 + |f^-1(DiffJPEG_q90(f(raw))) - raw|_1. Epochs -> steps 
 official split lists (jisp/data/splits): Nikon D700 414 training files, so 300 x 414 =
 124,200 steps with the LR halved at steps 20,700 and 33,120.
 
-Camera switch: --config.data.camera=canon selects the Canon EOS 5D data; its schedule
-(650 training files per epoch) is configs/invisp_fivek_canon.py.
+Arguments (`--config invisp_fivek.py:ARG`, comma-separated) give the paper's ablations:
+  camera=nikon|canon   FiveK subset; canon has 650 official training files per epoch, so
+                       300 x 650 = 195,000 steps, LR halved at 32,500 and 52,000
+  blocks=N             invertible blocks (Table 3: 3, 5, 7, 9, 11; default 8)
+  q=Q                  JPEG quality of the simulator and of the evaluation JPEG (Table 3:
+                       30, 50, 70; default 90). The paper also re-saved the ground-truth
+                       sRGB at Q; prepared pairs keep the protocol's q90 sRGB.
+  sim=jpeg|none        "w/o JPEG simulation" (Table 1): no simulator between the passes;
+                       still tested on real JPEGs
+  rounding=fourier|dsq "JPEG with DSQ" (Table 1): Differentiable Soft Quantization
 Batch 1 cannot be split over several devices: on a multi-device host use
 JISP_CPU_DEVICES=1 (CPU) or one GPU, or raise batch_size to the device count.
 
@@ -19,7 +27,9 @@ Rounding: the paper's Eq. 10 with K = 10 terms (the paper's value; set
 """
 import ml_collections
 
-NIKON_TRAIN_FILES = 414
+from jisp.core.config import parse_arg
+
+TRAIN_FILES = {"nikon": 414, "canon": 650}   # official split lists (jisp/data/splits)
 EPOCHS = 300
 MILESTONE_EPOCHS = (50, 80)
 
@@ -29,28 +39,32 @@ def schedule(train_files):
   return EPOCHS * train_files, tuple(e * train_files for e in MILESTONE_EPOCHS)
 
 
-def get_config():
+def get_config(arg=None):
+  a = parse_arg(arg, camera="nikon", blocks=8, q=90, sim="jpeg", rounding="fourier")
+  if a.camera not in TRAIN_FILES:
+    raise ValueError(f"camera must be one of {sorted(TRAIN_FILES)}, got {a.camera!r}")
+  files = TRAIN_FILES[a.camera]
   c = ml_collections.ConfigDict()
   c.task = "flow_isp"
   c.seed = 0
   c.batch_size = 1
-  c.num_steps, milestones = schedule(NIKON_TRAIN_FILES)
+  c.num_steps, milestones = schedule(files)
   c.log_every = 100
-  c.checkpoint_every = NIKON_TRAIN_FILES * 10   # the official code saves every 10 epochs
-  c.eval_every = NIKON_TRAIN_FILES * 10
+  c.checkpoint_every = files * 10   # the official code saves every 10 epochs
+  c.eval_every = files * 10
   c.eval_batches = 8
   c.keep_checkpoints = 3
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "synthetic"  # "shards" with data.dir (jisp prepare --protocol invisp)
   c.data.dir = ""
-  c.data.camera = "nikon"      # FiveK subset: "nikon" (D700) or "canon" (EOS 5D)
+  c.data.camera = a.camera     # FiveK subset: "nikon" (D700) or "canon" (EOS 5D)
   c.data.protocol = "invisp"   # demosaiced, white-balanced, gamma 1/2.2 RAW; sRGB JPEG q90
   c.data.patch_size = 256
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "invisp_flow"
-  c.model.num_blocks = 8
+  c.model.num_blocks = a.blocks
   c.model.growth = 32
   c.model.clamp = 0.8
   c.model.zero_init_last = False  # official: xavier everywhere (see jisp/models/flow.py)
@@ -58,12 +72,12 @@ def get_config():
 
   c.loss = ml_collections.ConfigDict()
   c.loss.raw_weight = 1.0          # lambda of Eq. 8
-  c.loss.simulator = "jpeg"        # "jpeg" | "none" | "codec" (video)
+  c.loss.simulator = a.sim         # "jpeg" | "none" | "codec" (video)
 
   c.jpeg = ml_collections.ConfigDict()
-  c.jpeg.quality = 90
+  c.jpeg.quality = a.q
   c.jpeg.subsampling = "4:2:0"
-  c.jpeg.rounding = "fourier"      # fourier | ste | dsq | cubic | round
+  c.jpeg.rounding = a.rounding     # fourier | ste | dsq | cubic | round
   c.jpeg.fourier_terms = 10
   c.jpeg.dsq_k = 10.0
 

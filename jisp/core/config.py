@@ -1,0 +1,245 @@
+"""Loading ml_collections configs and applying `--config.a.b=value` overrides.
+
+A config is named by a file path or by the name of a config shipped in `jisp.configs`,
+optionally followed by an argument for its `get_config(arg)` (big_vision's style):
+
+  configs/ddpm_fivek.py                  the packaged config of that name (or that file)
+  ddpm_fivek.py:nres=2,camera=canon      get_config("nres=2,camera=canon")
+  /path/to/my_config.py                  any file with a get_config()
+
+Every failure raises ConfigError with one line naming the offending key or value, and
+happens before anything is compiled.
+"""
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib
+import importlib.util
+import inspect
+import pathlib
+from typing import Iterable
+
+import ml_collections
+
+from jisp.core.errors import ConfigError
+
+REQUIRED_TOP_LEVEL = ("seed", "batch_size", "num_steps", "log_every",
+                      "checkpoint_every", "eval_every")
+
+
+# Keys every config has, with these defaults when its file does not set them (so
+# `--config.micro_batch=4` works on any config).
+OPTIONAL_TOP_LEVEL = {
+    "micro_batch": 0,  # examples per forward/backward inside a train step; 0 = whole batch
+}
+
+
+# The one-field ablation files of earlier versions, now arguments of their base config.
+ALIASES = {
+    "ddpm_fivek_nres2": "ddpm_fivek:nres=2",
+    "ddpm_fivek_base32": "ddpm_fivek:base=32",
+    "ddpm_fivek_ddpm_schedule": "ddpm_fivek:schedule=ddpm",
+    "ddpm_fivek_patch128": "ddpm_fivek:patch=128",
+    "ddpm_fivek_v": "ddpm_fivek:prediction=v",
+    "invisp_fivek_canon": "invisp_fivek:camera=canon",
+    "invisp_fivek_nosim": "invisp_fivek:sim=none",
+    "invisp_fivek_dsq": "invisp_fivek:rounding=dsq",
+    **{f"invisp_fivek_blocks{n}": f"invisp_fivek:blocks={n}" for n in (3, 5, 7, 9, 11)},
+    **{f"invisp_fivek_q{q}": f"invisp_fivek:q={q}" for q in (30, 50, 70)},
+}
+CONFIG_PACKAGE = "jisp.configs"
+
+
+def packaged_configs() -> list[str]:
+  """Names of the configs shipped in jisp.configs (found on disk: importing them is the
+  loader's job, by name, like big_vision's model registry)."""
+  root = pathlib.Path(__file__).resolve().parents[1] / "configs"
+  return sorted(p.stem for p in root.glob("*.py") if not p.stem.startswith("_"))
+
+
+def split_spec(spec) -> tuple[str, str | None]:
+  """'path.py:arg' -> ('path.py', 'arg'); 'name:arg' -> ('name', 'arg')."""
+  text = str(spec)
+  if ".py:" in text:
+    head, _, arg = text.partition(".py:")
+    return head + ".py", arg
+  head, sep, arg = text.partition(":")
+  if sep and "/" not in head and not pathlib.Path(text).exists():
+    return head, arg
+  return text, None
+
+
+def _module_for(spec_path: str):
+  """The module that holds the config: a file on disk, else a packaged config by name."""
+  path = pathlib.Path(spec_path)
+  if path.is_file():
+    mod_spec = importlib.util.spec_from_file_location(f"jisp_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(mod_spec)
+    try:
+      mod_spec.loader.exec_module(module)
+    except Exception as e:  # a broken config file is a user error: say which file
+      raise ConfigError(f"config file {path} failed to load: {type(e).__name__}: {e}") from e
+    return module, str(path)
+  name = path.stem if path.suffix == ".py" else path.name
+  alias = ALIASES.get(name)
+  if alias is not None:
+    return None, alias
+  if name in packaged_configs() and path.parent.name in ("", "configs"):
+    return importlib.import_module(f"{CONFIG_PACKAGE}.{name}"), f"{CONFIG_PACKAGE}.{name}"
+  raise ConfigError(f"config file not found: {spec_path} (packaged configs: "
+                    f"{', '.join(packaged_configs())})")
+
+
+def load_config_file(spec) -> ml_collections.ConfigDict:
+  """A fresh (unlocked) ConfigDict from the config named by `spec` (see the module doc)."""
+  path, arg = split_spec(spec)
+  module, where = _module_for(path)
+  if module is None:  # an old one-field ablation file, now an argument of its base config
+    base, _, alias_arg = where.partition(":")
+    if arg:
+      raise ConfigError(f"config {path} takes no argument (it is {where}); use {base}.py:"
+                        f"{alias_arg},{arg}")
+    return load_config_file(f"{base}.py:{alias_arg}")
+  fn = getattr(module, "get_config", None)
+  if fn is None:
+    raise ConfigError(f"config file {where} has no get_config()")
+  takes_arg = bool(inspect.signature(fn).parameters)
+  if arg and not takes_arg:
+    raise ConfigError(f"config {where} takes no argument (got {arg!r})")
+  try:
+    cfg = fn(arg) if takes_arg else fn()
+  except ConfigError:
+    raise
+  except Exception as e:  # a broken config file is a user error: say which file
+    raise ConfigError(f"config {where} failed to build: {type(e).__name__}: {e}") from e
+  if not isinstance(cfg, ml_collections.ConfigDict):
+    raise ConfigError(f"config {where}: get_config() must return an ml_collections.ConfigDict")
+  for k, v in OPTIONAL_TOP_LEVEL.items():
+    if k not in cfg:
+      cfg[k] = v
+  return cfg
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """big_vision's config argument: 'a=1,b=x,flag' -> {a: 1, b: 'x', flag: True} over the
+  defaults, each value cast to its default's type; an unknown name is a ConfigError."""
+  out = ml_collections.ConfigDict(dict(defaults))
+  for item in filter(None, (s.strip() for s in (arg or "").split(","))):
+    key, eq, value = item.partition("=")
+    key = key.strip()
+    if key not in defaults:
+      near = difflib.get_close_matches(key, list(defaults), n=1)
+      hint = f" (did you mean '{near[0]}'?)" if near else ""
+      raise ConfigError(f"unknown config argument '{key}'{hint} (known: "
+                        f"{', '.join(defaults)})")
+    out[key] = _parse_value(f"argument {key}", value if eq else "true", defaults[key])
+  return out
+
+
+def _all_keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  out = []
+  for k, v in cfg.items():
+    out.append(prefix + k)
+    if isinstance(v, ml_collections.ConfigDict):
+      out.extend(_all_keys(v, prefix + k + "."))
+  return out
+
+
+def _parse_value(key: str, text: str, current):
+  """Parse `text` into the type of the current value; ConfigError naming key on failure."""
+  def bad(why):
+    return ConfigError(f"bad value for config key '{key}': {text!r} ({why})")
+
+  if isinstance(current, bool):
+    low = text.strip().lower()
+    if low in ("true", "1", "yes"):
+      return True
+    if low in ("false", "0", "no"):
+      return False
+    raise bad("expected true/false")
+  if isinstance(current, int):
+    try:
+      return int(text)
+    except ValueError:
+      try:
+        f = float(text)
+      except ValueError:
+        raise bad("expected an integer") from None
+      if f.is_integer():
+        return int(f)
+      raise bad("expected an integer") from None
+  if isinstance(current, float):
+    try:
+      return float(text)
+    except ValueError:
+      raise bad("expected a number") from None
+  if isinstance(current, str):
+    return text
+  if isinstance(current, (tuple, list)):
+    try:
+      v = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      v = tuple(s.strip() for s in text.split(","))
+    if not isinstance(v, (tuple, list)):
+      v = (v,)
+    if current and len(v) and type(current[0]) is not type(v[0]):
+      # (1,2) vs ("a",): keep element types consistent with the default
+      try:
+        v = tuple(type(current[0])(x) for x in v)
+      except (TypeError, ValueError):
+        raise bad(f"expected a sequence of {type(current[0]).__name__}") from None
+    return type(current)(v)
+  if current is None:
+    try:
+      return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      return text
+  raise bad(f"cannot override a value of type {type(current).__name__}")
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Iterable[str]) -> ml_collections.ConfigDict:
+  """Apply ['--config.a.b=value', ...] (the '--config.' prefix is optional)."""
+  keys = _all_keys(cfg)
+  for item in overrides:
+    text = item[len("--config."):] if item.startswith("--config.") else item
+    if "=" not in text:
+      raise ConfigError(f"override {item!r} must look like --config.key=value")
+    key, value = text.split("=", 1)
+    parts = key.split(".")
+    node = cfg
+    for i, p in enumerate(parts):
+      if not isinstance(node, ml_collections.ConfigDict) or p not in node:
+        near = difflib.get_close_matches(key, keys, n=1)
+        hint = f" (did you mean '{near[0]}'?)" if near else ""
+        raise ConfigError(f"unknown config key '{key}'{hint}")
+      if i < len(parts) - 1:
+        node = node[p]
+    leaf = parts[-1]
+    current = node[leaf]
+    if isinstance(current, ml_collections.ConfigDict):
+      raise ConfigError(f"config key '{key}' is a group; set one of its fields instead")
+    node[leaf] = _parse_value(key, value, current)
+  return cfg
+
+
+def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Checks that need no compile: required keys and basic ranges."""
+  for k in REQUIRED_TOP_LEVEL:
+    if k not in cfg:
+      raise ConfigError(f"config lacks required top-level key '{k}'")
+  for k in ("batch_size", "num_steps", "log_every", "checkpoint_every", "eval_every"):
+    if int(cfg[k]) <= 0:
+      raise ConfigError(f"bad value for config key '{k}': {cfg[k]} (must be > 0)")
+  if "data" in cfg and "patch_size" in cfg.data and cfg.data.patch_size % 8:
+    raise ConfigError(f"bad value for config key 'data.patch_size': {cfg.data.patch_size} "
+                      "(must be a multiple of 8)")
+  return cfg
+
+
+def load(path, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
+  cfg = load_config_file(path)
+  apply_overrides(cfg, overrides)
+  validate(cfg)
+  cfg.lock()
+  return cfg

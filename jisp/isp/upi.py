@@ -1,0 +1,55 @@
+"""UPI (Brooks et al.) as a cheap sRGB <-> RAW estimator for a known camera, no learning.
+
+The inverse maps an sRGB image into a pair protocol's RAW space (jisp.data.pairs): UPI's
+`unprocess` with the camera's colour matrix and white balance gives linear camera RGB;
+the protocol then white-balances, clips and (invisp) gamma-compresses it, exactly as the
+RAW targets were made. The forward is UPI's `process` from that space back to sRGB.
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from jisp.core.camera import PROTOCOL_GAMMA
+from jisp.isp import tone, unprocess
+
+
+def mean_cam2rgb() -> np.ndarray:
+  """camera -> linear sRGB of UPI's average camera (mean of its four XYZ->camera matrices)."""
+  xyz2cam = np.mean(unprocess.XYZ2CAMS, axis=0)
+  rgb2cam = xyz2cam @ unprocess.RGB2XYZ
+  rgb2cam = rgb2cam / rgb2cam.sum(axis=1, keepdims=True)
+  return np.linalg.inv(rgb2cam)
+
+
+def camera_params(cam2rgb, wb=(1.0, 1.0, 1.0)) -> unprocess.CameraParams:
+  """A noise-free UPI camera from its camera -> sRGB matrix and white-balance gains."""
+  cam2rgb = np.asarray(cam2rgb, np.float64).reshape(3, 3)
+  return unprocess.CameraParams(
+      rgb2cam=jnp.asarray(np.linalg.inv(cam2rgb), jnp.float32),
+      cam2rgb=jnp.asarray(cam2rgb, jnp.float32),
+      wb_gains=jnp.asarray(np.asarray(wb, np.float64).reshape(3), jnp.float32),
+      shot_noise=jnp.zeros(()), read_noise=jnp.zeros(()))
+
+
+def _check(protocol):
+  if protocol not in PROTOCOL_GAMMA:
+    raise ValueError(f"UPI maps into the {'/'.join(PROTOCOL_GAMMA)} protocols, not {protocol!r}")
+  return PROTOCOL_GAMMA[protocol]
+
+
+def rgb_to_raw(rgb, cam: unprocess.CameraParams, protocol: str = "invisp"):
+  """sRGB (..., 3) in [0, 1] -> the protocol's RAW (white-balanced camera RGB, gamma for
+  invisp), in [0, 1]."""
+  gamma = _check(protocol)
+  lin = unprocess.unprocess(jnp.asarray(rgb, jnp.float32), cam)   # camera RGB, WB undone
+  x = jnp.clip(lin * cam.wb_gains, 0.0, 1.0)                       # the protocol's WB, clip
+  return tone.gamma_compress(x, gamma) if gamma else x
+
+
+def raw_to_rgb(raw, cam: unprocess.CameraParams, protocol: str = "invisp"):
+  """The protocol's RAW -> sRGB by UPI's forward `process` (white balance already applied)."""
+  gamma = _check(protocol)
+  x = jnp.asarray(raw, jnp.float32)
+  lin = tone.gamma_expand(x, gamma) if gamma else x
+  return unprocess.process(lin / cam.wb_gains, cam)
