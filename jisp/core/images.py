@@ -2,10 +2,11 @@
 and the one EXIF-orientation helper.
 
 JPEG / PNG / TIFF, 8 or 16 bit, are read upright (EXIF orientation applied) into float32
-(H, W, 3) in [0, 1]. TIFFs go through tifffile (PIL cannot hold 16-bit RGB), everything
-else through PIL. Inputs the network cannot serve -- grayscale, CMYK, unreadable files --
-raise `ImageError`, one line naming the file. PIL and tifffile are imported when used, so
-this module imports with numpy alone.
+(H, W, 3) in [0, 1]. PIL cannot hold 16-bit RGB (it hands back the high bytes), so TIFFs go
+through tifffile and the pixels of 16-bit RGB PNGs through imagecodecs (libpng); everything
+else, and every file's EXIF orientation, through PIL. Inputs the network cannot serve --
+grayscale, CMYK, unreadable files -- raise `ImageError`, one line naming the file. PIL,
+tifffile and imagecodecs are imported when used, so this module imports with numpy alone.
 """
 from __future__ import annotations
 
@@ -78,10 +79,40 @@ def _read_tiff(path: Path):
   return _upright(_to_float(arr[..., :3], path), orientation), bits
 
 
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_16bit_rgb(path: Path) -> bool:
+  """True for a 16-bit RGB / RGBA PNG (IHDR, which the PNG spec puts first: bit depth at
+  byte 24, colour type 2 or 6 at byte 25)."""
+  with open(path, "rb") as f:
+    head = f.read(26)
+  return (len(head) == 26 and head[:8] == _PNG_MAGIC and head[12:16] == b"IHDR"
+          and head[24] == 16 and head[25] in (2, 6))
+
+
+def _read_png16(path: Path, orientation: int):
+  try:
+    import imagecodecs
+  except ImportError:
+    raise ImageError(path, "16-bit PNG needs the imagecodecs package to be read at full "
+                     "depth (pip install imagecodecs), or save it as a 16-bit TIFF") from None
+  try:
+    arr = imagecodecs.png_decode(path.read_bytes())
+  except Exception as e:  # imagecodecs raises its own error types for broken streams
+    raise ImageError(path, f"unreadable PNG ({type(e).__name__}: {e})") from None
+  if arr.dtype != np.uint16 or arr.ndim != 3 or arr.shape[-1] not in (3, 4):
+    raise ImageError(path, f"unexpected 16-bit PNG decode {arr.dtype} {arr.shape}")
+  return _upright(_to_float(arr[..., :3], path), orientation), 16
+
+
 def _read_pil(path: Path):
   from PIL import Image, ImageOps, UnidentifiedImageError
   try:
     with Image.open(path) as im:
+      if im.format == "PNG" and im.mode in ("RGB", "RGBA") and _png_16bit_rgb(path):
+        orientation = im.getexif().get(0x0112, 1)
+        return _read_png16(path, orientation if isinstance(orientation, int) else 1)
       im.load()
       mode = im.mode
       if mode == "CMYK":
