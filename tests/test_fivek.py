@@ -25,6 +25,9 @@ def test_shipped_split_lists():
     assert not set(fivek.split_ids(cam, "train")) & set(fivek.split_ids(cam, "test"))
   assert not set(fivek.split_ids("nikon_d700", "train")) & set(
       fivek.split_ids("canon_eos_5d", "train"))
+  # a build of another pair-protocol version is another TFDS version
+  from jisp.data import pairs
+  assert fivek.FiveK.VERSION.major == pairs.PROTOCOL_VERSION
   # every (camera, protocol) has a registered config
   names = {c.name for c in fivek.FiveK.BUILDER_CONFIGS}
   assert {f"{c}_{p}" for c in fivek.CAMERAS for p in prep.PROTOCOL_NAMES} == names

@@ -4,7 +4,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from jisp.data import dng, pairs, raw_io
+from jisp.core import dng
+from jisp.data import pairs, raw_io
 from jisp.isp import bayer
 
 CM = np.array([[0.6461, -0.1164, -0.0857], [-0.3825, 1.1597, 0.2534],
@@ -91,7 +92,14 @@ def test_real_raw_targets_are_exact(real_crops, name):
   for c in range(3):
     assert np.array_equal(lin[..., c][sites[..., c]], norm[sites[..., c]])
   linear = pairs.make_pair(cap, srgb, "linear")["raw"]
-  assert np.array_equal(linear, np.clip(lin * cap.wb, 0, 1))
+  # The official InvISP white balance: the camera gains divided by their maximum, no clip.
+  gains = np.asarray(cap.wb, np.float64) / np.max(cap.wb)
+  assert gains.max() == 1.0 and np.all(gains > 0)
+  np.testing.assert_allclose(linear, lin * gains, rtol=1e-6, atol=1e-7)
+  assert linear.max() <= 1.0
+  meta = pairs.make_pair(cap, srgb, "linear")["meta"]
+  np.testing.assert_allclose(meta["target_gains"], gains, rtol=1e-6)
+  assert meta["protocol_version"] == pairs.PROTOCOL_VERSION == 2
   invisp = pairs.make_pair(cap, srgb, "invisp")["raw"]
   np.testing.assert_allclose(invisp, np.maximum(linear, 1e-8) ** (1 / 2.2), atol=1e-6)
   packed = pairs.make_pair(cap, srgb, "packed")
@@ -103,14 +111,33 @@ def test_real_raw_targets_are_exact(real_crops, name):
 @pytest.mark.parametrize("name", REAL)
 def test_real_srgb_is_a_real_jpeg_q90(real_crops, name):
   cap, srgb = real_crops[name]
-  rgb = pairs.make_pair(cap, srgb, "invisp")["rgb"]
+  d = pairs.make_pair(cap, srgb, "invisp")
+  rgb = d["rgb"]
   codes = rgb * 255
   assert np.allclose(codes, np.round(codes), atol=1e-4)           # decoded 8-bit values
-  assert np.array_equal(np.round(codes).astype(np.uint8), pairs.jpeg_roundtrip(srgb, 90))
+  # The official protocol's JPEG: q90, 4:2:2 (PIL subsampling=1), not 4:2:0.
+  got = np.round(codes).astype(np.uint8)
+  assert np.array_equal(got, pairs.jpeg_roundtrip(srgb, 90, "4:2:2"))
+  assert not np.array_equal(got, pairs.jpeg_roundtrip(srgb, 90, "4:2:0"))
+  assert d["meta"]["jpeg_subsampling"] == "4:2:2" and d["meta"]["jpeg_quality"] == 90
   err = rgb - srgb / 255.0
   psnr = 10 * np.log10(1 / np.mean(err ** 2))
   assert np.abs(err).mean() > 1e-3 and 28 < psnr < 60                # lossy, but q90-close
   assert np.array_equal(pairs.make_pair(cap, srgb, "linear")["rgb"], rgb)
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_real_invisp_target_clips_only_what_the_sensor_clipped(raw_dir, name):
+  """Whole real files: target pixels at 1.0 are no more than those with a channel the
+  sensor saturated (+0.1%). Green = 1 gains with a clip gave 1.8% and 4.5% on two of
+  these files where under 0.1% were saturated."""
+  cap = raw_io.read_capture(raw_dir / name)
+  saturated = float(np.mean(pairs.linear_rgb(cap).max(-1) >= 1.0))
+  target = pairs.raw_target(cap, "invisp")
+  clipped = float(np.mean(target.max(-1) >= 1.0))
+  assert clipped <= saturated + 1e-3, (name, clipped, saturated)
+  # The target keeps the highlights: nothing above white, no information lost to WB.
+  assert 0.0 <= target.min() and target.max() <= 1.0
 
 
 @pytest.mark.parametrize("name", REAL)

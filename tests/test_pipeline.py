@@ -4,7 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from jisp.data import pipeline
+from jisp.core.errors import DataError
+from jisp.data import pairs, pipeline
 from jisp.data import prepare as prep
 from jisp.data import shards as shards_lib
 
@@ -115,8 +116,9 @@ def test_augmentation_identical_on_raw_and_rgb(tmp_path):
     for i in range(n):
       w.write(raw[i], rgb[i], file_id=f"f{i}", camera="cam", pos=(i, 0))
   (tmp_path / "manifest.json").write_text(json.dumps({
+      "version": shards_lib.MANIFEST_VERSION, "protocol_version": pairs.PROTOCOL_VERSION,
       "encoding": "float16", "raw_shape": [s, s, 4], "rgb_shape": [s, s, 3],
-      "shards": {"train": [{"file": name, "n": n}]}}))
+      "shards": {"train": [shards_lib.shard_entry(tmp_path / name, n)]}}))
   src = pipeline.ShardSource(tmp_path, "train", patch_size=10, local_batch=n, seed=3,
                              augment=True, with_info=True)
   b = src.next()
@@ -150,5 +152,5 @@ def test_eval_batches_and_errors(data_dir, tmp_path):
     pipeline.ShardSource(data_dir, "val", local_batch=2, seed=0)
   with pytest.raises(ValueError, match="patch_size"):
     pipeline.ShardSource(data_dir, "train", patch_size=PATCH + 2, local_batch=2, seed=0)
-  with pytest.raises(FileNotFoundError, match="manifest"):
+  with pytest.raises(DataError, match="manifest"):
     pipeline.ShardSource(tmp_path, "train", local_batch=2, seed=0)

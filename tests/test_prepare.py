@@ -1,5 +1,6 @@
 """`jisp prepare`: shards + manifest from a RAW folder with good and bad files."""
 import argparse
+import hashlib
 import io
 import json
 import os
@@ -100,6 +101,19 @@ def test_manifest_contents(folder, prepared):
   for key in ("pattern", "black_level", "white_level", "wb", "color_matrix"):
     assert prof[key] is not None
   assert prof["pattern"] in ("RGGB", "BGGR", "GRBG", "GBRG") and len(prof["black_level"]) == 4
+  # The gains the RAW targets were white-balanced with (what a DNG writer must undo).
+  np.testing.assert_allclose(prof["target_gains"], np.divide(prof["wb"], max(prof["wb"])),
+                             rtol=1e-6)
+  for f in ok:
+    np.testing.assert_allclose(f["meta"]["target_gains"], np.divide(f["wb"], max(f["wb"])),
+                               rtol=1e-6)
+  # the protocol and its version, and every shard's size and checksum, are recorded
+  assert man["version"] == 2 and man["protocol_version"] == 2
+  assert (man["wb_norm"], man["jpeg_quality"], man["jpeg_subsampling"]) == ("max", 90, "4:2:2")
+  for lst in man["shards"].values():
+    for sh in lst:
+      data = (out / sh["file"]).read_bytes()
+      assert sh["bytes"] == len(data) and sh["sha256"] == hashlib.sha256(data).hexdigest()
   assert sum(c["patches"] for c in man["counts"]["train"]["cameras"].values()) == total["train"]
   for f in ok:
     assert len(f["sha256"]) == 64

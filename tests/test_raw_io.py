@@ -7,7 +7,8 @@ import rawpy
 import tifffile
 from PIL import Image
 
-from jisp.data import dng, raw_io
+from jisp.core import dng
+from jisp.data import raw_io
 from jisp.data.raw_io import RawFormatError, read_capture
 from jisp.isp import bayer
 

@@ -98,3 +98,19 @@ DEFAULT_PROFILE = CameraProfile(color_matrix=tuple(map(tuple, XYZ_TO_SRGB.tolist
                                 camera="")
 DEFAULT_PROFILE_DESC = ("default profile (no camera known): RGGB, 12-bit, black 0, white "
                         "4095, white balance 1, sRGB colour matrix")
+
+
+def target_gains(wb) -> np.ndarray:
+  """float32 (3,) R, G, B gains the `invisp` / `linear` RAW target is white-balanced with.
+
+  The camera's gains divided by their largest, as InvISP's official FiveK preprocessing
+  does: no gain exceeds 1, so white balance never pushes a pixel the sensor did not clip
+  past white, and the target needs no clipping. Any positive scaling of `wb` gives the
+  same gains (of LibRaw's 4 values R, G, B, G2 the first three are used). A DNG writer
+  undoes the target space by dividing by these gains.
+  """
+  w = np.asarray(wb, np.float64).reshape(-1)
+  if w.size < 3 or not np.all(np.isfinite(w[:3])) or np.any(w[:3] <= 0):
+    raise ValueError(f"white balance must hold 3 finite positive gains (R, G, B), got {wb!r}")
+  w = w[:3]
+  return (w / w.max()).astype(np.float32)

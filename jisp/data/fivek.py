@@ -77,8 +77,14 @@ class FiveK(tfds.core.GeneratorBasedBuilder):
   """MIT-Adobe FiveK RAW (Nikon D700 / Canon EOS 5D) as aligned RAW/sRGB patch pairs."""
 
   name = "jisp_fivek_raw"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release: InvISP split lists, jisp pair protocols."}
+  # Major version = jisp.data.pairs.PROTOCOL_VERSION: a build of another protocol version
+  # lives in another folder and is never read as this one.
+  VERSION = tfds.core.Version("2.0.0")
+  RELEASE_NOTES = {
+      "1.0.0": "First release: InvISP split lists, jisp pair protocols.",
+      "2.0.0": "Pair protocol version 2: RAW white balance with gains / max (InvISP's "
+               "official normalisation), never clipped; sRGB JPEG 4:2:2.",
+  }
   BUILDER_CONFIGS = _configs()
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 Download the MIT-Adobe FiveK dataset RAW photos (DNG) from

@@ -1,16 +1,27 @@
 """RAW / sRGB training pairs under named protocols (the name is recorded in manifests).
 
 Every protocol starts from the same normalised mosaic: per-CFA-site black subtraction,
-division by (white - black), clip to [0, 1]. The official InvISP preprocessing skipped the
-black-level subtraction (a bug that leaves an offset in every RAW target); we do not.
+division by (white - black), clip to [0, 1] (the sensor's own saturation). The official
+InvISP preprocessing skipped the black-level subtraction (a bug that leaves an offset in
+every RAW target); we do not.
 
-  invisp  RAW = bilinear demosaic -> white balance (capture.wb) -> clip -> gamma 1/2.2,
-          (H, W, 3). sRGB = LibRaw render (camera WB, no auto-brightness) saved and re-read
-          as a real JPEG, quality 90, 4:2:0, /255, (H, W, 3). InvISP and the DDPM paper.
+  invisp  RAW = bilinear demosaic -> white balance with `target_gains(capture.wb)` (the
+          camera gains divided by their maximum, as the official InvISP code: no gain
+          above 1, so nothing the sensor did not clip is clipped, and no clip is applied)
+          -> gamma 1/2.2, (H, W, 3). sRGB = LibRaw render (camera WB, no
+          auto-brightness) saved and re-read as a real JPEG, quality 90, 4:2:2 (PIL
+          subsampling=1, as the official ground truth), /255, (H, W, 3). InvISP and the
+          DDPM paper.
   linear  as invisp without the gamma: the RAW target stays linear.
   packed  RAW = the normalised mosaic packed to (H/2, W/2, 4) in R, Gr, Gb, B order (no WB,
           no gamma); sRGB = the render (no JPEG) area-downsampled 2x2 to (H/2, W/2, 3).
           The SonyResearch RAW-Diffusion protocol.
+
+PROTOCOL_VERSION numbers these definitions; prepared data records it and data of another
+version is refused (jisp.data.shards.check_manifest). History:
+  1  invisp/linear gains normalised to G = 1 and the target clipped to [0, 1] (clipped
+     highlights the sensor had kept); sRGB JPEG 4:2:0.
+  2  gains / max, no clip; sRGB JPEG 4:2:2. Manifests also record shard sizes and sha256.
 
 Orientation: both arrays are shown upright (EXIF orientation applied by
 `jisp.core.images.apply_orientation`, the same helper `render_srgb` uses). For `packed` the mosaic
@@ -28,19 +39,33 @@ import dataclasses
 
 import numpy as np
 
-from jisp.core.camera import PROTOCOLS
+from jisp.core.camera import PROTOCOL_GAMMA, PROTOCOLS, target_gains
+from jisp.core.errors import OptionError
 from jisp.core.images import apply_orientation, jpeg_roundtrip
 from jisp.data.raw_io import Capture, orient_pattern
 from jisp.isp import bayer, tone
 
-GAMMA = 2.2
+PROTOCOL_VERSION = 2
+GAMMA = PROTOCOL_GAMMA["invisp"]
 JPEG_QUALITY = 90
+JPEG_SUBSAMPLING = "4:2:2"
+WB_NORM = "max"  # how target_gains normalises the camera gains (recorded in manifests)
 
 
 def check_protocol(protocol) -> str:
   if protocol not in PROTOCOLS:
-    raise ValueError(f"unknown pair protocol {protocol!r}; expected one of {PROTOCOLS}")
+    raise OptionError(f"unknown pair protocol {protocol!r}; expected one of {PROTOCOLS}")
   return protocol
+
+
+def protocol_fields(protocol: str) -> dict:
+  """What a manifest records about the protocol its pairs were made with."""
+  check_protocol(protocol)
+  out = {"protocol": protocol, "protocol_version": PROTOCOL_VERSION}
+  if protocol != "packed":
+    out.update(wb_norm=WB_NORM, gamma=PROTOCOL_GAMMA.get(protocol),
+               jpeg_quality=JPEG_QUALITY, jpeg_subsampling=JPEG_SUBSAMPLING)
+  return out
 
 
 def crop_capture(cap: Capture, top: int, left: int, height: int, width: int) -> Capture:
@@ -74,8 +99,21 @@ def linear_rgb(cap: Capture) -> np.ndarray:
 
 
 def white_balance(rgb, wb) -> np.ndarray:
-  """Per-channel gains then clip to [0, 1] (gains > 1 push highlights past white)."""
-  return np.clip(np.asarray(rgb, np.float32) * np.asarray(wb, np.float32), 0.0, 1.0)
+  """rgb * target_gains(wb): gains <= 1 keep [0, 1] inputs in [0, 1] without a clip."""
+  return np.asarray(rgb, np.float32) * target_gains(wb)
+
+
+def raw_target(cap: Capture, protocol: str) -> np.ndarray:
+  """The upright RAW side of a pair, float32 in [0, 1] (see the module docstring)."""
+  check_protocol(protocol)
+  if protocol == "packed":
+    mos = np.ascontiguousarray(apply_orientation(normalized_mosaic(cap), cap.orientation))
+    return np.asarray(bayer.pack(mos, orient_pattern(cap.pattern, cap.orientation)),
+                      np.float32)
+  raw = white_balance(linear_rgb(cap), cap.wb)
+  if PROTOCOL_GAMMA[protocol] is not None:
+    raw = np.asarray(tone.gamma_compress(raw, PROTOCOL_GAMMA[protocol]), np.float32)
+  return np.ascontiguousarray(apply_orientation(raw, cap.orientation))
 
 
 def area_downsample2(img) -> np.ndarray:
@@ -88,11 +126,15 @@ def area_downsample2(img) -> np.ndarray:
 def _meta(cap: Capture, protocol: str) -> dict:
   """JSON-ready description of where a pair came from (for manifests)."""
   cm = None if cap.color_matrix is None else np.asarray(cap.color_matrix).tolist()
-  return dict(protocol=protocol, camera=cap.camera, path=cap.path, pattern=cap.pattern,
-              oriented_pattern=orient_pattern(cap.pattern, cap.orientation),
-              wb=[float(x) for x in cap.wb], wb_source=cap.wb_source,
-              black=[float(x) for x in cap.black_level], white=float(cap.white_level),
-              color_matrix=cm, orientation=int(cap.orientation), bits=int(cap.bits))
+  out = dict(protocol=protocol, protocol_version=PROTOCOL_VERSION, camera=cap.camera,
+             path=cap.path, pattern=cap.pattern,
+             oriented_pattern=orient_pattern(cap.pattern, cap.orientation),
+             wb=[float(x) for x in cap.wb], wb_source=cap.wb_source,
+             black=[float(x) for x in cap.black_level], white=float(cap.white_level),
+             color_matrix=cm, orientation=int(cap.orientation), bits=int(cap.bits))
+  if protocol != "packed":
+    out.update(wb_norm=WB_NORM, target_gains=[float(x) for x in target_gains(cap.wb)])
+  return out
 
 
 def make_pair(cap: Capture, srgb_uint8, protocol: str) -> dict:
@@ -108,19 +150,14 @@ def make_pair(cap: Capture, srgb_uint8, protocol: str) -> dict:
     raise ValueError(f"{cap.path}: sRGB render must be uint8 {upright + (3,)} (upright, "
                      f"same size as the mosaic), got {srgb.dtype} {srgb.shape}")
   meta = _meta(cap, protocol)
-
+  raw = raw_target(cap, protocol)
   if protocol == "packed":
-    mos = np.ascontiguousarray(apply_orientation(normalized_mosaic(cap), cap.orientation))
-    raw = np.asarray(bayer.pack(mos, meta["oriented_pattern"]), np.float32)
     rgb = area_downsample2(srgb.astype(np.float32) / 255.0)
     meta.update(packed_order=list(bayer.PACKED_ORDER), rgb_source="render")
     return dict(raw=raw, rgb=rgb, meta=meta)
-
-  raw = white_balance(linear_rgb(cap), cap.wb)
-  if protocol == "invisp":
-    raw = np.asarray(tone.gamma_compress(raw, GAMMA), np.float32)
-    meta.update(gamma=GAMMA)
-  raw = np.ascontiguousarray(apply_orientation(raw, cap.orientation))
-  rgb = jpeg_roundtrip(srgb, JPEG_QUALITY, "4:2:0").astype(np.float32) / 255.0
-  meta.update(jpeg_quality=JPEG_QUALITY, rgb_source="render_jpeg")
+  if PROTOCOL_GAMMA[protocol] is not None:
+    meta.update(gamma=PROTOCOL_GAMMA[protocol])
+  rgb = jpeg_roundtrip(srgb, JPEG_QUALITY, JPEG_SUBSAMPLING).astype(np.float32) / 255.0
+  meta.update(jpeg_quality=JPEG_QUALITY, jpeg_subsampling=JPEG_SUBSAMPLING,
+              rgb_source="render_jpeg")
   return dict(raw=raw, rgb=rgb, meta=meta)

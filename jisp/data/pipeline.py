@@ -21,6 +21,11 @@ skips the remaining r < epoch_size serialized records BEFORE parsing and augment
 resuming costs at most one epoch of reading raw bytes, no decoding, and the state is a few
 integers. We chose this over tf.data iterator checkpoints, which would store the whole
 shuffle buffer (tens of MB) in every checkpoint and tie it to one TF version.
+
+Integrity. Before anything is built, the shards this process will read are checked against
+the manifest (size, and by default sha256): a deleted, truncated or corrupted shard is one
+DataError line naming it, not a TensorFlow traceback at some later step. A record that is
+damaged anyway when read (TFRecord's own CRC) is the same kind of one-line error.
 """
 from __future__ import annotations
 
@@ -31,18 +36,12 @@ import pathlib
 
 import numpy as np
 
+from jisp.core.errors import DataError, OptionError
 from jisp.data import shards as shards_lib
 
 STATE_VERSION = 1
+VERIFY_MODES = ("full", "size", "none")
 _log = logging.getLogger(__name__)
-
-
-def _load_manifest(data_dir):
-  p = pathlib.Path(data_dir) / "manifest.json"
-  if not p.exists():
-    raise FileNotFoundError(f"{p}: no manifest; run `jisp prepare --out {data_dir}` first")
-  with open(p) as f:
-    return json.load(f)
 
 
 def _seed_mix(*parts):
@@ -67,11 +66,13 @@ class ShardSource:
     repeat: cycle epochs forever; with False the last batch may be short and `next()`
       raises StopIteration at the end.
     with_info: also return "file_id" (str array) and "pos" (b, 2) of each patch.
+    verify: how this process's shards are checked before use: "full" (size + sha256),
+      "size" (a stat per file), "none".
   """
 
   def __init__(self, data_dir, split, *, patch_size=None, local_batch, seed,
                process_index=0, process_count=1, augment=True, shuffle_buffer=1024,
-               repeat=True, with_info=False):
+               repeat=True, with_info=False, verify="full"):
     self.data_dir = pathlib.Path(data_dir)
     self.split = split
     self.local_batch = int(local_batch)
@@ -86,23 +87,25 @@ class ShardSource:
       raise ValueError(f"local_batch must be >= 1, got {local_batch}")
     if not 0 <= self.process_index < self.process_count:
       raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    if verify not in VERIFY_MODES:
+      raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
 
-    man = _load_manifest(self.data_dir)
+    man = shards_lib.load_prepared(self.data_dir)
     self.manifest = man
     shard_list = man.get("shards", {}).get(split, [])
     total = sum(int(s["n"]) for s in shard_list)
     if total == 0:
       have = sorted(k for k, v in man.get("shards", {}).items() if v)
-      raise ValueError(f"{self.data_dir}: split {split!r} has no patches (splits with data: "
-                       f"{have})")
+      raise DataError(f"{self.data_dir}: split {split!r} has no patches (splits with data: "
+                      f"{have})")
     self.raw_shape = tuple(int(v) for v in man["raw_shape"])
     self.rgb_shape = tuple(int(v) for v in man["rgb_shape"])
     self.encoding = man.get("encoding", "float16")
     stored = self.raw_shape[0]
     self.patch_size = stored if patch_size is None else int(patch_size)
     if not 1 <= self.patch_size <= stored:
-      raise ValueError(f"patch_size {patch_size} must be in [1, {stored}] (the stored patch "
-                       f"of {self.data_dir})")
+      raise OptionError(f"patch_size {patch_size} must be in [1, {stored}] (the stored "
+                        f"patch of {self.data_dir})")
 
     n, i = self.process_count, self.process_index
     if len(shard_list) >= n:
@@ -116,8 +119,14 @@ class ShardSource:
       self.element_sharding = True
       self.epoch_size = max(0, (total - i + n - 1) // n)
     if self.epoch_size == 0:
-      raise ValueError(f"{self.data_dir}: split {split!r} has {total} patches, none for "
-                       f"process {i} of {n}")
+      raise DataError(f"{self.data_dir}: split {split!r} has {total} patches, none for "
+                      f"process {i} of {n}")
+    if verify != "none":
+      broken = shards_lib.verify_shards(self.data_dir, mine, full=verify == "full")
+      if broken:
+        first = broken[sorted(broken)[0]]
+        others = f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""
+        raise DataError(f"{first}{others}; {self._rebuild_hint()}")
     self.files = [str(self.data_dir / s["file"]) for s in mine]
     self.fingerprint = hashlib.sha256(
         json.dumps([[s["file"], s["n"]] for s in shard_list]).encode()).hexdigest()[:16]
@@ -126,6 +135,10 @@ class ShardSource:
     self._aug_seed = _seed_mix(self.seed, 3, i)        # per process
     self._batches = 0
     self._it = None  # built on the first next(), so a set_state() right away costs nothing
+
+  def _rebuild_hint(self):
+    raw = self.manifest.get("raw_dir") or "RAW_DIR"
+    return f"re-run `jisp prepare --raw-dir {raw} --out {self.data_dir}` to rebuild it"
 
   # ------------------------------------------------------------------ dataset
 
@@ -214,7 +227,13 @@ class ShardSource:
     """The next process-local batch as numpy; StopIteration at the end (repeat=False)."""
     if self._it is None:
       self._build(self._batches)
-    b = next(self._it)
+    tf = shards_lib.import_tf()
+    try:
+      b = next(self._it)
+    except (tf.errors.DataLossError, tf.errors.NotFoundError) as e:
+      msg = " ".join(str(e.message).split())
+      raise DataError(f"{self.data_dir}: a shard cannot be read ({msg}); "
+                      f"{self._rebuild_hint()}") from None
     self._batches += 1
     out = {"rgb": b["rgb"].numpy(), "raw": b["raw"].numpy()}
     if self.with_info:
@@ -273,7 +292,7 @@ def make_eval_batches(data_dir, split="test", patch_size=None, max_batches=8, ba
   when it is the only one (so a jit-compiled eval step sees one shape). An empty list when
   the split has no patches (e.g. a tiny folder whose files all went to train).
   """
-  man = _load_manifest(data_dir)
+  man = shards_lib.load_prepared(data_dir)
   if sum(int(s["n"]) for s in man.get("shards", {}).get(split, [])) == 0:
     _log.warning("make_eval_batches: %s has no %r patches", data_dir, split)
     return []

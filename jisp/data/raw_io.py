@@ -32,9 +32,6 @@ WB_SOURCES = ("camera", "daylight", "gray_world")
 # string "50132467"[o & 7]; this is its inverse (checked against postprocess in the tests).
 _FLIP_TO_EXIF = {0: 1, 1: 2, 2: 4, 3: 3, 4: 5, 5: 8, 6: 6, 7: 7}
 
-# sRGB (D65) -> XYZ, LibRaw's own constants, so rgb_cam matches LibRaw's to float precision.
-_XYZ_RGB = SRGB_TO_XYZ
-
 # A white balance gain outside this range (relative to green) is a placeholder or garbage.
 _WB_RANGE = (0.1, 10.0)
 # Gray-world ignores 2x2 blocks with any site above this fraction of the range (clipped).
@@ -117,7 +114,7 @@ def usable_color_matrix(color_matrix) -> Optional[np.ndarray]:
   m = np.asarray(color_matrix, np.float64)
   if m.shape != (3, 3) or not np.all(np.isfinite(m)) or abs(np.linalg.det(m)) < 1e-6:
     return None
-  if np.any(np.abs((m @ _XYZ_RGB).sum(axis=1)) < 1e-6):
+  if np.any(np.abs((m @ SRGB_TO_XYZ).sum(axis=1)) < 1e-6):
     return None
   return m.astype(np.float32)
 
@@ -318,6 +315,11 @@ def read_capture(path) -> Capture:
     raise FileNotFoundError(f"{path}: no such file")
   if path.stat().st_size == 0:
     raise RawFormatError(path, "empty file (0 bytes)")
+  try:  # LibRaw reports an unreadable file as a generic I/O error: say what it is
+    with open(path, "rb") as f:
+      f.read(1)
+  except OSError as e:
+    raise RawFormatError(path, f"cannot read ({e.strerror or e})") from None
   import rawpy
   try:
     with rawpy.imread(str(path)) as raw:

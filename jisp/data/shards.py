@@ -12,16 +12,32 @@ One example = one aligned (raw, rgb) patch pair plus where it came from:
 The encoding is a dataset-wide fact stored in manifest.json, so the parse function can
 decode with a static dtype and shape (tf.data needs both to batch).
 
+manifest.json lists every shard as {"file", "n" (examples), "bytes", "sha256"}, so a
+deleted, truncated or corrupted shard is found (`verify_shards`) before anything reads it;
+`load_prepared` is the one reader of a prepared folder's manifest, and refuses data of
+another format or pair-protocol version (`check_manifest`).
+
 TensorFlow is imported lazily (`import_tf`), so this module can be imported for the helpers
 below on a machine without it.
 """
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
 import os
 import pathlib
 import uuid
 
 import numpy as np
 
+from jisp.core.errors import DataError
+from jisp.core.fileio import load_manifest
+
 ENCODINGS = ("float16", "uint16")
+MANIFEST = "manifest.json"
+# Version of the manifest layout (2: shard bytes + sha256). The pair protocols have their
+# own number, jisp.data.pairs.PROTOCOL_VERSION; both are checked by `check_manifest`.
+MANIFEST_VERSION = 2
 _TMP_MARK = ".tmp-"   # temp files are "<final name>.tmp-<random>"; see `is_temp_file`.
 
 
@@ -115,12 +131,17 @@ class ShardWriter:
 
   def commit(self):
     self.close_temp()
+    with open(self.tmp_path, "rb+") as f:  # on disk before it has its final name
+      os.fsync(f.fileno())
     os.replace(self.tmp_path, self.path)
     return self.path
 
   def abort(self):
-    self.close_temp()
-    self.tmp_path.unlink(missing_ok=True)
+    try:
+      self.close_temp()  # may raise again on a full disk: the temp file goes regardless
+    finally:
+      self._writer = None
+      self.tmp_path.unlink(missing_ok=True)
 
   def __enter__(self):
     return self
@@ -181,3 +202,104 @@ def read_shard(path, raw_shape, rgb_shape, encoding):
     ex["camera"] = ex["camera"].decode("utf-8")
     out.append(ex)
   return out
+
+
+# --------------------------------------------------------------------------- integrity
+
+def file_digest(path, chunk: int = 1 << 20) -> dict:
+  """{"bytes": size, "sha256": hex digest} of a file."""
+  h = hashlib.sha256()
+  n = 0
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(chunk), b""):
+      h.update(block)
+      n += len(block)
+  return {"bytes": n, "sha256": h.hexdigest()}
+
+
+def shard_entry(path, n: int) -> dict:
+  """A manifest `shards` entry for a written shard: name, example count, size, checksum."""
+  return {"file": pathlib.Path(path).name, "n": int(n), **file_digest(path)}
+
+
+def shard_problem(path, entry: dict, full: bool = True) -> str | None:
+  """None if the shard at `path` is the one `entry` describes, else one line saying why not.
+
+  full=False checks existence and size only (a stat); full=True also the sha256.
+  """
+  path = pathlib.Path(path)
+  want = entry.get("bytes")
+  if want is None or not entry.get("sha256"):
+    return f"{path}: the manifest records no size/checksum for this shard"
+  try:
+    size = path.stat().st_size
+  except FileNotFoundError:
+    return f"{path}: shard is missing"
+  except OSError as e:
+    return f"{path}: cannot read shard ({e.strerror or e})"
+  if size != int(want):
+    what = "truncated" if size < int(want) else "longer than recorded"
+    return f"{path}: shard is {what} ({size} of {int(want)} bytes)"
+  if full:
+    try:
+      got = file_digest(path)["sha256"]
+    except OSError as e:
+      return f"{path}: cannot read shard ({e.strerror or e})"
+    if got != entry["sha256"]:
+      return f"{path}: shard is corrupted (sha256 differs from the manifest)"
+  return None
+
+
+def verify_shards(data_dir, entries, full: bool = True) -> dict:
+  """{file name: problem line} for the broken shards among manifest `entries` ({} if all
+  are intact). Files are hashed in parallel threads (hashlib releases the GIL)."""
+  data_dir = pathlib.Path(data_dir)
+  entries = list(entries)
+  if not entries:
+    return {}
+  check = lambda e: shard_problem(data_dir / e["file"], e, full)
+  workers = min(8, os.cpu_count() or 1, len(entries)) if full else 1
+  if workers > 1:
+    with cf.ThreadPoolExecutor(workers) as ex:
+      problems = list(ex.map(check, entries))
+  else:
+    problems = [check(e) for e in entries]
+  return {e["file"]: p for e, p in zip(entries, problems) if p}
+
+
+def _redo_hint(man: dict, data_dir) -> str:
+  raw = man.get("raw_dir") or "RAW_DIR"
+  return f"`jisp prepare --raw-dir {raw} --out NEW_FOLDER`"
+
+
+def check_manifest(man: dict, data_dir) -> dict:
+  """`man` if this jisp can read it; DataError naming the folder otherwise (data made by
+  an older jisp: another manifest layout or pair-protocol version)."""
+  from jisp.data.pairs import PROTOCOL_VERSION  # lazy: pairs pulls in the ISP code
+  data_dir = pathlib.Path(data_dir)
+  version = man.get("version")
+  proto = man.get("protocol_version")
+  if version != MANIFEST_VERSION or proto != PROTOCOL_VERSION:
+    got = f"manifest version {version}, protocol version {proto}"
+    raise DataError(
+        f"{data_dir}: prepared by another jisp version ({got}; this one reads manifest "
+        f"version {MANIFEST_VERSION}, protocol version {PROTOCOL_VERSION}: RAW targets "
+        f"white-balanced with gains / max and never clipped, sRGB JPEG 4:2:2); re-run "
+        f"{_redo_hint(man, data_dir)} into a new folder")
+  shard_lists = man.get("shards")
+  needed = ["shards"] if not isinstance(shard_lists, dict) else []
+  if isinstance(shard_lists, dict) and any(shard_lists.values()):
+    needed = [k for k in ("raw_shape", "rgb_shape") if k not in man]
+  if needed:
+    raise DataError(f"{data_dir / MANIFEST}: manifest has no {needed[0]!r}; re-run "
+                    f"{_redo_hint(man, data_dir)} into a new folder")
+  return man
+
+
+def load_prepared(data_dir) -> dict:
+  """The checked manifest of a `jisp prepare` folder; DataError (one line) otherwise."""
+  data_dir = pathlib.Path(data_dir)
+  if data_dir.is_dir() and not (data_dir / MANIFEST).exists():
+    raise DataError(f"{data_dir / MANIFEST}: no manifest; run `jisp prepare --out "
+                    f"{data_dir}` first")
+  return check_manifest(load_manifest(data_dir), data_dir)

@@ -14,14 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from jisp.core.camera import SYNTHETIC_CAM2RGB
 from jisp.data.indexed_source import IndexedBatchSource
 
 _SPLIT_IDS = {"train": 0, "test": 1, "eval": 1}
-
-# A plausible camera->sRGB matrix (rows sum to 1), fixed so the mapping is learnable.
-_CAM2RGB = np.array([[1.70, -0.55, -0.15],
-                     [-0.25, 1.55, -0.30],
-                     [0.05, -0.60, 1.55]], np.float32)
 
 
 def _scene(rng: np.random.Generator, p: int) -> np.ndarray:
@@ -52,7 +48,7 @@ def make_pair(rng: np.random.Generator, p: int) -> tuple[np.ndarray, np.ndarray]
   exposure = rng.uniform(0.6, 1.0)
   cam = np.clip(cam * exposure, 0.0, 1.0)
   raw = cam ** (1 / 2.2)                                 # invisp-style RAW target
-  lin = np.clip(cam @ _CAM2RGB.T, 0.0, 1.0)
+  lin = np.clip(cam @ SYNTHETIC_CAM2RGB.T, 0.0, 1.0)
   g = lin ** (1 / 2.2)
   rgb = 3 * g ** 2 - 2 * g ** 3                          # S-curve tone
   rgb = np.round(rgb * 255.0) / 255.0                    # 8-bit output

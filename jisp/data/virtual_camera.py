@@ -6,7 +6,7 @@ noise and quantises to 12- or 14-bit codes above a black level. The result carri
 metadata a DNG needs, so demos and tests have RAW files without downloading anything.
 
 Imports only numpy, jax and jisp.isp at module load; scikit-image (photos, resizing) and
-jisp.data.dng are imported when used. Everything is a deterministic function of the seed.
+jisp.core.dng are imported when used. Everything is a deterministic function of the seed.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from jisp.core.camera import XYZ_TO_SRGB
 from jisp.isp import bayer
 from jisp.isp import unprocess as up
 
@@ -122,7 +123,7 @@ def synthesize_capture(rgb, key_or_seed, pattern: str | None = None,
       "black_level": int(black),
       "white_level": int(white),
       "as_shot_neutral": neutral / neutral[1],
-      "color_matrix": rgb2cam @ up.XYZ2RGB,
+      "color_matrix": rgb2cam @ XYZ_TO_SRGB,
       "camera_params": params,
       "linear": np.asarray(linear, np.float32),
   }
@@ -169,10 +170,10 @@ def virtual_capture(index: int, seed: int, size=None, _cache: dict | None = None
 def write_virtual_raw_dir(out_dir, n_images: int, seed: int, size=None) -> list[Path]:
   """Write `n_images` virtual-camera DNGs (see `virtual_capture`) into `out_dir`.
 
-  Returns the paths, named virtual_<index>_<source>.dng. Writes are atomic (jisp.data.dng
+  Returns the paths, named virtual_<index>_<source>.dng. Writes are atomic (jisp.core.dng
   writes a temporary file in the same folder and renames it).
   """
-  from jisp.data import dng  # lazy: another module's dependencies stay out of import time
+  from jisp.core import dng  # lazy: tifffile stays out of import time
 
   if n_images < 0:
     raise ValueError(f"n_images must be >= 0, got {n_images}")

@@ -21,6 +21,7 @@ from typing import Iterator
 
 import numpy as np
 
+from jisp.core.camera import PROTOCOL_GAMMA
 from jisp.data.indexed_source import IndexedBatchSource
 
 RAW_DIR, RGB_DIR = "huawei_raw", "canon"
@@ -101,7 +102,7 @@ def read_rgb(path) -> np.ndarray:
   return a.astype(np.float32) / 255.0
 
 
-def packed_to_invisp(packed, gamma: float = 2.2) -> np.ndarray:
+def packed_to_invisp(packed, gamma: float = PROTOCOL_GAMMA["invisp"]) -> np.ndarray:
   """Packed (h, w, 4) -> (2h, 2w, 3): unpack, bilinear demosaic, gamma 1/gamma."""
   from jisp.isp import bayer, tone
   mosaic = bayer.unpack(np.asarray(packed, np.float32), PATTERN)
