@@ -237,3 +237,32 @@ def test_eta_zero_is_deterministic_and_strided_grid_is_trailing():
     dtdm.timesteps(10, 11)
   with pytest.raises(ValueError, match="outside"):
     dtdm.gamma_s(PAPER, 2001)
+
+
+def test_start_below_s_is_the_papers_test_protocol():
+  """DiffRAW tests an s=100 model with 93 noising and 93 reverse steps: the chain starts
+  at x_93 = sqrt(ab_93) x + sqrt(1-ab_93) eps and runs the s-model's reverse steps."""
+  s, t0 = 100, 93
+  p = dtdm.plan(PAPER, s, start_step=t0)
+  np.testing.assert_array_equal(p.t, np.arange(t0, 0, -1))
+  for t, c in zip(p.t.astype(int), zip(p.c_m, p.c_f, p.c_x, p.sigma)):
+    np.testing.assert_array_equal(c, dtdm.reverse_coefficients(PAPER, s, t, t - 1))  # gamma_100
+  assert len(dtdm.plan(PAPER, s, start_step=t0, num_steps=10)) == 10
+  x, y = _xy()
+  out = dtdm.sample(_oracle(PAPER, y), PAPER, s, x, jax.random.PRNGKey(0), start_step=t0,
+                    noise=False)
+  np.testing.assert_allclose(out, y, atol=2e-5, rtol=0)
+  # The start state: with f = 0 one step to 0 returns m_t0 / sqrt(ab_t0) = x + k eps,
+  # k = sqrt(1-ab_t0)/sqrt(ab_t0), 7% below that of s.
+  xb = jnp.zeros((20000, 3))
+  zero = lambda m, t: jnp.zeros_like(m)
+  for t_start in (t0, s):
+    d = np.asarray(dtdm.sample(zero, PAPER, s, xb, jax.random.PRNGKey(1), start_step=t_start,
+                               num_steps=1, eta=0.0))
+    k = np.sqrt(1 - PAPER.alpha_bars[t_start]) / np.sqrt(PAPER.alpha_bars[t_start])
+    np.testing.assert_allclose(d.std(0), k, rtol=0.02)
+  for bad in (0, 101):
+    with pytest.raises(ValueError, match="start_step"):
+      dtdm.plan(PAPER, s, start_step=bad)
+  with pytest.raises(ValueError, match="start_step=93"):
+    dtdm.plan(PAPER, s, start_step=t0, grid=[100, 0])

@@ -38,6 +38,33 @@ def test_posterior_variance_and_lambdas():
   assert np.all(np.diff(s.lambdas[1:]) < 0)  # SNR falls with t
 
 
+def test_marginals_posterior_and_snr_from_the_one_step_chain():
+  """Only q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t) is assumed: iterate it for
+  the x0 coefficient c_t and the variance v_t of x_t | x0, then condition the joint
+  Gaussian of (x_{t-1}, x_t) | x0 numerically (cov = sqrt(a_t) v_{t-1})."""
+  for s in (schedules.linear(), schedules.linear_ldm(), schedules.linear(2000, 1e-6, 1e-2)):
+    b = s.betas
+    c, v = np.ones(len(b)), np.zeros(len(b))
+    for t in range(1, len(b)):
+      c[t], v[t] = np.sqrt(1 - b[t]) * c[t - 1], (1 - b[t]) * v[t - 1] + b[t]
+    np.testing.assert_allclose(s.sqrt_alpha_bars, c, rtol=1e-12)
+    np.testing.assert_allclose(s.sqrt_one_minus_alpha_bars[1:], np.sqrt(v[1:]), rtol=1e-9)
+    post = [v[t - 1] - (np.sqrt(1 - b[t]) * v[t - 1]) ** 2 / v[t] for t in range(1, len(b))]
+    np.testing.assert_allclose(s.posterior_variance[1:], post, rtol=1e-9, atol=1e-300)
+    assert s.posterior_variance[1] == 0  # x_0 | x_1, x_0 is x_0
+    np.testing.assert_allclose(s.lambdas[1:], np.log(c[1:] / np.sqrt(v[1:])), rtol=1e-9)
+
+
+def test_training_timesteps_cover_exactly_1_to_T():
+  """t ~ U{1..T}: t = 0 (clean input) never, t = T (pure noise) as often as any other."""
+  T = 50
+  t = np.asarray(losses.sample_timesteps(jax.random.PRNGKey(0), 200_000, T))
+  counts = np.bincount(t, minlength=T + 2)
+  assert counts[0] == 0 and counts[T + 1:].sum() == 0
+  expect = len(t) / T
+  np.testing.assert_array_less(np.abs(counts[1:T + 1] - expect), 5 * np.sqrt(expect))
+
+
 def test_eps_loss_is_zero_for_the_true_noise_predictor():
   s = schedules.linear_ldm()
   x0 = jax.random.uniform(jax.random.PRNGKey(0), (4, 8, 8, 3))

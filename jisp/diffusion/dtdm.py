@@ -95,7 +95,8 @@ def q_sample(schedule: Schedule, s: int, x, y, t, noise):
 
 
 def start_state(schedule: Schedule, s: int, x, noise):
-  """m_s = x_s = sqrt(ab_s) x + sqrt(1 - ab_s) eps: where sampling begins."""
+  """m_s = x_s = sqrt(ab_s) x + sqrt(1 - ab_s) eps: where sampling begins (called with a
+  time below the model's s, the noised estimate the paper's test protocol starts from)."""
   s = check_s(schedule, s)
   return (float(schedule.sqrt_alpha_bars[s]) * x
           + float(schedule.sqrt_one_minus_alpha_bars[s]) * noise)
@@ -195,15 +196,26 @@ class Plan:
     return len(self.t)
 
 
+def _check_start(s: int, start_step) -> int:
+  t0 = s if start_step is None else int(start_step)
+  if not 1 <= t0 <= s:
+    raise ValueError(f"dtdm: start_step={start_step} must be in [1, s={s}]")
+  return t0
+
+
 def plan(schedule: Schedule, s: int, *, num_steps=None, grid=None, eta=1.0,
-         noise=True) -> Plan:
-  """The sampler's table. `grid` (decreasing ints from s, e.g. [s, ..., 0]) overrides
-  num_steps; a grid ending above 0 stops there (tests read the chain mid-way).
-  `noise=False` keeps eta's coefficients but sets z = 0 (Algorithm 2 without its noise)."""
+         noise=True, start_step=None) -> Plan:
+  """The sampler's table. `grid` (decreasing ints from start_step, default s, e.g.
+  [s, ..., 0]) overrides num_steps; a grid ending above 0 stops there (tests read the chain
+  mid-way). start_step < s begins the reverse chain of the s-model at that time (DiffRAW's
+  test protocol: 93 noising and 93 reverse steps with s = 100). `noise=False` keeps eta's
+  coefficients but sets z = 0 (Algorithm 2 without its noise)."""
   s = check_s(schedule, s)
-  g = timesteps(s, num_steps) if grid is None else np.asarray(grid, np.int64)
-  if g.ndim != 1 or len(g) < 2 or g[0] != s or not np.all(np.diff(g) < 0) or g[-1] < 0:
-    raise ValueError(f"dtdm: grid must decrease strictly from s={s} to >= 0, got {g}")
+  t0 = _check_start(s, start_step)
+  g = timesteps(t0, num_steps) if grid is None else np.asarray(grid, np.int64)
+  if g.ndim != 1 or len(g) < 2 or g[0] != t0 or not np.all(np.diff(g) < 0) or g[-1] < 0:
+    raise ValueError(f"dtdm: grid must decrease strictly from start_step={t0} to >= 0, "
+                     f"got {g}")
   rows = [reverse_coefficients(schedule, s, t, tp, eta) for t, tp in zip(g[:-1], g[1:])]
   c_m, c_f, c_x, sig = (np.asarray(c, np.float64) for c in zip(*rows))
   return Plan(t=g[:-1].astype(np.float64), c_m=c_m, c_f=c_f, c_x=c_x,
@@ -238,14 +250,18 @@ def run_plan(f_fn, p: Plan, m_init, x, key=None):
 
 
 def sample(f_fn, schedule: Schedule, s: int, x, key, *, num_steps=None, grid=None, eta=1.0,
-           noise=True, m_init=None):
-  """DTDM sampling: m_s = sqrt(ab_s) x + sqrt(1-ab_s) eps, then `num_steps` (default s)
-  reverse steps to m_0 = y_hat. x is the estimate (model range), f_fn closes over the
-  conditions. `m_init` replaces the random start (tests)."""
+           noise=True, m_init=None, start_step=None):
+  """DTDM sampling: m_{t0} = sqrt(ab_t0) x + sqrt(1-ab_t0) eps, then `num_steps` (default
+  t0) reverse steps to m_0 = y_hat; t0 = start_step, default s (the paper's Algorithm 2;
+  t0 < s is its test protocol, "noising and iteration steps" fewer than s). x is the
+  estimate (model range), f_fn closes over the conditions. `m_init` replaces the random
+  start (tests)."""
+  t0 = _check_start(check_s(schedule, s), start_step)
   if m_init is None:
     if key is None:
       raise ValueError("dtdm: sampling needs a PRNG key for its start state")
     key, k0 = jax.random.split(key)
-    m_init = start_state(schedule, s, x, normal_like(k0, jnp.asarray(x)))
-  p = plan(schedule, s, num_steps=num_steps, grid=grid, eta=eta, noise=noise)
+    m_init = start_state(schedule, t0, x, normal_like(k0, jnp.asarray(x)))
+  p = plan(schedule, s, num_steps=num_steps, grid=grid, eta=eta, noise=noise,
+           start_step=t0)
   return run_plan(f_fn, p, m_init, x, key)

@@ -28,11 +28,24 @@ log alpha = 0 (ab_0 = 1), which only matters in [0, 1] where DPM-Solver never go
 Like the official code, DPM-Solver stops at t=1 (x_1 still holds noise of std sqrt(beta_1));
 `denoise_to_zero=True` spends one more evaluation to return the x0-prediction at t=1.
 
-Step spacing: DDIM uses diffusers' "trailing" grid (first evaluation exactly at start_step).
-Both DPM-Solvers default to skip="logSNR" (equal lambda steps; what the official code uses
-to reproduce the DPM-Solver paper): with the linear 0.0015..0.0195 schedule lambda rises
-steeply near t=1, and "time_uniform" leaves one huge final lambda step there (Gaussian
-test, order 3 / 20 NFE: ODE error 0.11 time_uniform vs 0.006 logSNR).
+Step spacing: DDIM defaults to diffusers' "trailing" grid (first evaluation exactly at
+start_step); spacing="leading" is the original DDIM grid (what the DDPM-for-ISP paper's DDIM
+baseline ran). Both DPM-Solvers default to skip="logSNR" (equal lambda steps; what the
+official code uses to reproduce the DPM-Solver paper): with the linear 0.0015..0.0195
+schedule lambda rises steeply near t=1, and "time_uniform" leaves one large final lambda
+step there (tests/test_samplers.py holds the Gaussian oracle to that ordering).
+
+Paper / official-code settings and the keyword that selects each (default first):
+  DDPM        variance="beta_tilde" | "beta" (Ho et al.'s Sigma_t = beta_t, the ISP paper)
+  DDIM        spacing="trailing" | "leading" (original DDIM); eta=0
+  DPM-Solver  order=3, skip="logSNR" | "time_uniform" | "time_quadratic",
+              method="singlestep" | "singlestep_fixed", denoise_to_zero=False (official)
+  DPM-Solver++ skip, lower_order_final=True, denoise_to_zero=False
+  all         sample(..., clip_x0=False): clip the implied x0 to [-1, 1] (Ho et al.'s
+              clip_denoised); original DDIM and official DPM-Solver do not clip.
+The official `NoiseScheduleVP('discrete')` clips lambda at -5.1 since 2023-04 (after the
+DDPM-for-ISP paper); we do not, which only matters for schedules whose lambda_T < -5.1
+(beta-linear 0.0015..0.0195, not LDM's sqrt-linear one).
 """
 from __future__ import annotations
 
@@ -234,13 +247,23 @@ def ddpm_sample(eps_fn, schedule: Schedule, x_init, key, *, start_step=None,
 
 # ---------------------------------------------------------------------------- DDIM
 
-def ddim_timesteps(schedule: Schedule, *, num_steps=None, start_step=None, timesteps=None):
-  """Decreasing integer grid [t_N = start, ..., t_1, 0]; evaluations happen at all but the 0.
+SPACINGS = ("trailing", "leading")
 
-  Default spacing is diffusers' "trailing": round(linspace(start, 0, N+1)), so the first
-  evaluation is exactly at start_step (where x_init lives) and the last step lands on t=0.
+
+def ddim_timesteps(schedule: Schedule, *, num_steps=None, start_step=None, timesteps=None,
+                   spacing="trailing"):
+  """Decreasing integer grid [t_N, ..., t_1, 0]; evaluations happen at all but the 0.
+
+  spacing="trailing" (default, diffusers' "trailing"): round(linspace(start, 0, N+1)), so
+    the first evaluation is exactly at start_step (where x_init lives).
+  spacing="leading" (diffusers' "leading"; original DDIM's `range(0, T, T // N)`, 0-indexed,
+    whenever N divides T, e.g. the DDPM-for-ISP paper's 200 of 1000): 1 + k * (start // N)
+    for k = N-1..0, so the last evaluation is at t=1 and the first at or below start_step;
+    x_init is taken as the state there (as the original code feeds x_T at t = T - T//N + 1).
   """
   T = schedule.num_timesteps
+  if spacing not in SPACINGS:
+    raise ValueError(f"ddim: spacing must be one of {SPACINGS}, got {spacing!r}")
   if timesteps is not None:
     ts = np.asarray(timesteps)
     if ts.ndim != 1 or len(ts) == 0 or not np.all(ts == np.round(ts)):
@@ -256,15 +279,18 @@ def ddim_timesteps(schedule: Schedule, *, num_steps=None, start_step=None, times
   s = _check_start(schedule, start_step)
   if num_steps is None or not 1 <= int(num_steps) <= s:
     raise ValueError(f"ddim: num_steps={num_steps} must be in [1, start_step={s}]")
-  return np.round(np.linspace(s, 0, int(num_steps) + 1)).astype(np.int64)
+  n = int(num_steps)
+  if spacing == "leading":
+    return np.concatenate([1 + np.arange(n - 1, -1, -1) * (s // n), [0]]).astype(np.int64)
+  return np.round(np.linspace(s, 0, n + 1)).astype(np.int64)
 
 
 def ddim_plan(schedule: Schedule, *, num_steps=None, eta=0.0, start_step=None,
-              timesteps=None) -> Plan:
+              timesteps=None, spacing="trailing") -> Plan:
   if not eta >= 0:
     raise ValueError(f"ddim: eta must be >= 0, got {eta}")
   grid = ddim_timesteps(schedule, num_steps=num_steps, start_step=start_step,
-                        timesteps=timesteps)
+                        timesteps=timesteps, spacing=spacing)
   ab = schedule.alpha_bars
   rows = []
   for t, tp in zip(grid[:-1], grid[1:]):
@@ -282,16 +308,18 @@ def ddim_plan(schedule: Schedule, *, num_steps=None, eta=0.0, start_step=None,
 
 
 def ddim_sample(eps_fn, schedule: Schedule, x_init, key=None, *, num_steps=None, eta=0.0,
-                start_step=None, timesteps=None):
-  """DDIM (Song et al.) on a step subsequence; eta=0 is deterministic (key unused)."""
+                start_step=None, timesteps=None, spacing="trailing"):
+  """DDIM (Song et al.) on a step subsequence (see `ddim_timesteps` for the grid); eta=0
+  is deterministic (key unused)."""
   return _run_plan(eps_fn, ddim_plan(schedule, num_steps=num_steps, eta=eta,
-                                     start_step=start_step, timesteps=timesteps), x_init, key)
+                                     start_step=start_step, timesteps=timesteps,
+                                     spacing=spacing), x_init, key)
 
 
 def ddim_invert_plan(schedule: Schedule, *, num_steps=None, end_step=None,
-                     timesteps=None) -> Plan:
+                     timesteps=None, spacing="trailing") -> Plan:
   grid = ddim_timesteps(schedule, num_steps=num_steps, start_step=end_step,
-                        timesteps=timesteps)[::-1]
+                        timesteps=timesteps, spacing=spacing)[::-1]
   ab = schedule.alpha_bars
   rows = []
   for t, tn in zip(grid[:-1], grid[1:]):
@@ -304,11 +332,11 @@ def ddim_invert_plan(schedule: Schedule, *, num_steps=None, end_step=None,
 
 
 def ddim_invert(eps_fn, schedule: Schedule, x0, *, num_steps=None, end_step=None,
-                timesteps=None):
+                timesteps=None, spacing="trailing"):
   """Deterministic DDIM run backwards, x_0 -> x_{end_step}, on the grid `ddim_sample`
-  uses (same num_steps/timesteps), so ddim_sample(ddim_invert(x0)) ~= x0."""
+  uses (same num_steps/timesteps/spacing), so ddim_sample(ddim_invert(x0)) ~= x0."""
   return _run_plan(eps_fn, ddim_invert_plan(schedule, num_steps=num_steps, end_step=end_step,
-                                            timesteps=timesteps), x0, None)
+                                            timesteps=timesteps, spacing=spacing), x0, None)
 
 
 # ---------------------------------------------------------------------------- DPM-Solver
@@ -376,18 +404,21 @@ def dpm_solver_plan(schedule: Schedule, *, num_steps, order=3, start_step=None,
     h = lam_t - lam_s
     phi_1 = np.expm1(h)
     a_end = np.exp(la_t - la_s)
+    # Official (since v2.0): the intermediate points of a step are its own k-interval grid
+    # of the same skip type, and r_j is their lambda fraction of h. For logSNR that is
+    # r = 1/2 and 1/3, 2/3 (the paper's DPM-Solver-2/-3); for time_uniform the points
+    # land on the NFE grid, with r far from the thirds where lambda is curved.
+    inner = time_steps(schedule, skip, s, t, k)
+    r = (t_to_lambda(schedule, inner[1:-1]) - lam_s) / h
     if k == 1:  # = DDIM step
       rows.append(_stage(s, a_end, -sig_t * phi_1, first=True, end=True))
     elif k == 2:
-      r1 = 0.5
-      s1 = float(lambda_to_t(schedule, lam_s + r1 * h))
+      r1, s1 = float(r[0]), float(inner[1])
       la_1, sig_1, _ = _la_sig_lam(schedule, s1)
       rows.append(_stage(s, np.exp(la_1 - la_s), -sig_1 * np.expm1(r1 * h), first=True))
       rows.append(_stage(s1, a_end, -sig_t * phi_1, -(0.5 / r1) * sig_t * phi_1, end=True))
     else:
-      r1, r2 = 1.0 / 3.0, 2.0 / 3.0
-      s1 = float(lambda_to_t(schedule, lam_s + r1 * h))
-      s2 = float(lambda_to_t(schedule, lam_s + r2 * h))
+      (r1, r2), s1, s2 = (float(v) for v in r), float(inner[1]), float(inner[2])
       la_1, sig_1, _ = _la_sig_lam(schedule, s1)
       la_2, sig_2, _ = _la_sig_lam(schedule, s2)
       phi_22 = np.expm1(r2 * h) / (r2 * h) - 1.0
@@ -405,10 +436,12 @@ def dpm_solver_plan(schedule: Schedule, *, num_steps, order=3, start_step=None,
 def dpm_solver_sample(eps_fn, schedule: Schedule, x_init, key=None, *, num_steps, order=3,
                       start_step=None, skip="logSNR", method="singlestep",
                       denoise_to_zero=False):
-  """Singlestep DPM-Solver-1/2/3 (Lu et al. 2022), eps-prediction, num_steps = NFE budget.
-
-  Orders 2/3 use r1 = 1/2 and r1, r2 = 1/3, 2/3 (the paper's DPM-Solver-2/-3). Steps run in
-  continuous t from start_step to 1; see `singlestep_orders` for how NFE are split.
+  """Singlestep DPM-Solver-1/2/3 (Lu et al. 2022), eps-prediction, num_steps = NFE budget,
+  as the official `DPM_Solver.sample(method="singlestep")` (v2.0 on, without its 2023
+  lambda clip): steps run in continuous t from start_step to 1 on the `skip` grid (see
+  `singlestep_orders` for how NFE are split); each step of order k evaluates at its own
+  k-interval `skip` grid (logSNR: r1 = 1/2, r1, r2 = 1/3, 2/3, the paper's DPM-Solver-2/-3).
+  denoise_to_zero spends one more evaluation on the x0-prediction at t=1.
   Deterministic: `key` is accepted for a uniform call signature and ignored.
   """
   del key
@@ -432,8 +465,13 @@ def dpm_solver_pp_plan(schedule: Schedule, *, num_steps, start_step=None, skip="
     h = lam[i + 1] - lam[i]
     phi = np.expm1(-h)
     b = -alpha[i + 1] * phi
-    # Official: 2nd order except the first step and, when n < 10, the last one.
-    second = i > 0 and not (lower_order_final and n < 10 and i == n - 1)
+    # 2nd order except the first step and, when n < 10, the final step of the solve. With
+    # denoise_to_zero that final step is the x0 evaluation (a 1st-order step to lambda =
+    # inf, as diffusers' final_sigmas_type="zero"), so the last ODE step keeps 2nd order;
+    # the official code lowers it as well, which the Gaussian oracle measures as several
+    # times less accurate at under 10 steps.
+    second = i > 0 and not (lower_order_final and not denoise_to_zero and n < 10
+                            and i == n - 1)
     c = -0.5 * alpha[i + 1] * phi * h / (lam[i] - lam[i - 1]) if second else 0.0
     # x_{i+1} = (sig_{i+1}/sig_i) x + b D_i + c (D_i - D_{i-1}), D = x0-prediction
     rows.append(dict(t=ts[i], p=1 / alpha[i], q=-sig[i] / alpha[i], a=sig[i + 1] / sig[i],
@@ -447,8 +485,11 @@ def dpm_solver_pp_sample(eps_fn, schedule: Schedule, x_init, key=None, *, num_st
                          start_step=None, skip="logSNR", lower_order_final=True,
                          denoise_to_zero=False):
   """DPM-Solver++(2M) (Lu et al. 2022b): multistep 2nd order on x0-predictions, first step
-  1st order; `lower_order_final` makes the last step 1st order when num_steps < 10 (official).
-  num_steps = NFE (+1 with denoise_to_zero). Deterministic; `key` is ignored."""
+  1st order. `lower_order_final` makes the final step 1st order when num_steps < 10
+  (official): without denoise_to_zero that is the last ODE step to t=1; with it, the x0
+  evaluation itself, and every ODE step after the first stays 2nd order (diffusers'
+  DPMSolverMultistep with final_sigmas_type="zero"). num_steps = NFE (+1 with
+  denoise_to_zero). Deterministic; `key` is ignored."""
   del key
   return _run_plan(eps_fn, dpm_solver_pp_plan(schedule, num_steps=num_steps,
                                               start_step=start_step, skip=skip,
@@ -468,14 +509,20 @@ def make_plan(name: str, schedule: Schedule, **kw) -> Plan:
   return _PLANS[name](schedule, **kw)
 
 
-def sample(name: str, eps_fn, schedule: Schedule, x_init, key=None, **kw):
-  """Run sampler `name` ("ddpm", "ddim", "dpm_solver", "dpm_solver_pp") with its options."""
+def sample(name: str, eps_fn, schedule: Schedule, x_init, key=None, *, clip_x0=False, **kw):
+  """Run sampler `name` ("ddpm", "ddim", "dpm_solver", "dpm_solver_pp") with its options.
+
+  clip_x0=True runs it on `clip_denoised(eps_fn, schedule)` (implied x0 kept in [-1, 1]);
+  the default leaves eps_fn as is."""
+  if clip_x0:
+    eps_fn = clip_denoised(eps_fn, schedule)
   return _run_plan(eps_fn, make_plan(name, schedule, **kw), x_init, key)
 
 
-def nfe(name: str, *, num_timesteps=None, **kw) -> int:
+def nfe(name: str, *, num_timesteps=None, clip_x0=False, **kw) -> int:
   """Network evaluations one `sample(name, ..., **kw)` call makes (no schedule needed;
-  "ddpm" without start_step needs num_timesteps)."""
+  "ddpm" without start_step needs num_timesteps; clip_x0 changes no count)."""
+  del clip_x0
   if name == "ddpm":
     s = kw.get("start_step") or num_timesteps
     if s is None:
