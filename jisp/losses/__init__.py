@@ -1,0 +1,1 @@
+"""Training objectives that are math only (jnp over arrays; no models, no data)."""
