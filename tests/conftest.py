@@ -1,5 +1,6 @@
 """Test environment: must run before anything imports jax or tensorflow."""
 import os
+import pathlib
 
 # 8 fake CPU devices for sharding tests; an unknown XLA flag would kill the process,
 # so only this well-known one is set.
@@ -9,8 +10,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # hide GPUs from TF
 os.environ.setdefault("JAX_ENABLE_X64", "0")
+# In-process commands (tests/helpers.cli) rebuild the same compiled functions: the
+# persistent cache turns the repeats into lookups, as it does for the subprocess runs.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      str(pathlib.Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
-import pathlib
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -48,3 +48,15 @@ def losses(workdir) -> dict[int, float]:
 def raw_lines(workdir) -> list[dict]:
   with open(pathlib.Path(workdir) / "metrics.jsonl") as f:
     return [json.loads(l) for l in f if l.strip()]
+
+
+def options(task, **kw):
+  """The task's resolved PredictOptions with these fields set (sampler, steps, eta, ...)."""
+  from jisp.tasks.base import PredictOptions
+  return task.resolve_options(PredictOptions(**kw))
+
+
+def cli(*argv) -> int:
+  """`jisp ARGV` in this process (exit status); what it prints goes to capsys."""
+  from jisp.cli import main
+  return main([str(a) for a in argv])

@@ -24,6 +24,7 @@ def test_reconstruct_without_checkpoint_is_one_clear_line(tmp_path):
 def test_unknown_demo_stage_and_stray_argument(tmp_path):
   p = run_jisp("demo", "--out", str(tmp_path), "--only", "nope", check=False)
   assert p.returncode == 2 and "unknown stage 'nope'" in p.stderr
+  assert len(p.stderr.strip().splitlines()) == 1
   p = run_jisp("train", "--config", "configs/ddpm_tiny.py", "--workdir", str(tmp_path / "w"),
                "--bogus", check=False)
   assert p.returncode != 0 and "unrecognized arguments: --bogus" in p.stderr

@@ -4,17 +4,17 @@ import time
 
 import pytest
 
-from jisp import config_utils
+from jisp.core import config as config_utils
 from helpers import REPO, run_jisp
 
-CONFIGS = sorted((REPO / "configs").glob("*.py"))
+CONFIGS = config_utils.packaged_configs() + sorted(config_utils.ALIASES)
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_every_config_loads_with_required_top_level_keys(path):
-  cfg = config_utils.load(path)
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_loads_with_required_top_level_keys(name):
+  cfg = config_utils.load(f"{name}.py")
   for k in config_utils.REQUIRED_TOP_LEVEL:
-    assert k in cfg, f"{path.name} lacks {k}"
+    assert k in cfg, f"{name} lacks {k}"
 
 
 def test_paper_config_matches_the_paper():
@@ -24,11 +24,44 @@ def test_paper_config_matches_the_paper():
   assert (c.diffusion.num_timesteps, c.diffusion.beta_start, c.diffusion.beta_end) == (1000, 0.0015, 0.0195)
   assert (c.data.patch_size, c.batch_size, c.num_steps) == (64, 256, 20_000)
   assert (c.optim.peak_lr, c.optim.end_lr, c.optim.warmup_steps, c.optim.grad_clip_norm) == (2e-4, 2e-6, 1000, 1.0)
-  ab = {p.stem: config_utils.load(p) for p in CONFIGS if p.stem.startswith("ddpm_fivek_")}
+  ab = {n: config_utils.load(REPO / "configs" / f"{n}.py") for n in CONFIGS
+        if n.startswith("ddpm_fivek_")}
   assert ab["ddpm_fivek_nres2"].model.num_res_blocks == 2
   assert ab["ddpm_fivek_base32"].model.base_channels == 32
   assert ab["ddpm_fivek_ddpm_schedule"].diffusion.kind == "ddpm"
   assert ab["ddpm_fivek_patch128"].data.patch_size == 128
+  # the same ablations as arguments of the paper config (big_vision's get_config(arg))
+  both = config_utils.load("ddpm_fivek.py:nres=2,base=32,schedule=ddpm,camera=canon")
+  assert (both.model.num_res_blocks, both.model.base_channels) == (2, 32)
+  assert (both.diffusion.kind, both.diffusion.beta_start, both.diffusion.beta_end) == (
+      "ddpm", 1e-4, 0.02)
+  assert both.data.camera == "canon"
+  assert config_utils.load("ddpm_fivek.py:patch=128").batch_size == 64
+
+
+@pytest.mark.parametrize("spec,needle", [
+    ("ddpm_fivek.py:nress=2", "unknown config argument 'nress' (did you mean 'nres'?)"),
+    ("ddpm_fivek.py:nres=two", "bad value for config key 'argument nres': 'two'"),
+    ("ddpm_fivek.py:schedule=cosine", "schedule must be linear_ldm or ddpm"),
+    ("ddpm_tiny.py:x=1", "takes no argument"),
+    ("configs/ddpm_fivek_nres2.py:base=32", "takes no argument"),
+    ("nosuch.py", "config file not found: nosuch.py"),
+])
+def test_bad_config_arguments_name_the_argument(spec, needle):
+  with pytest.raises(config_utils.ConfigError) as e:
+    config_utils.load(spec)
+  assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_config_file_of_ones_own_imports_the_packaged_ones(tmp_path):
+  f = tmp_path / "mine.py"
+  f.write_text("from jisp.configs import ddpm_tiny\n\n"
+               "def get_config(arg=None):\n"
+               "  c = ddpm_tiny.get_config()\n"
+               "  c.num_steps = 7 if arg != 'long' else 70\n"
+               "  return c\n")
+  assert config_utils.load(f).num_steps == 7
+  assert config_utils.load(f"{f}:long").num_steps == 70
 
 
 def test_overrides_parse_to_the_field_type():

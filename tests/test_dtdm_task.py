@@ -7,14 +7,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import MICRO, losses, raw_lines, run_jisp
-from jisp.config_utils import ConfigError, load
+from helpers import MICRO, losses, options, raw_lines, run_jisp
+from jisp.core.config import load
+from jisp.core.errors import ConfigError, OptionError
 from jisp.data import synthetic, zrr
 from jisp.infer.predict import PatchPredictor
 from jisp.isp import bayer, degrade, tone
+from jisp.tasks.base import PredictOptions
 from jisp.tasks.dtdm import DTDMTask
 from jisp.tasks.regression import RegressionTask
 from jisp.train.checkpoint import restore_params
+from jisp.train.runs import build_task
 
 RGB2RAW = "configs/dtdm_rgb2raw_tiny.py"
 RAW2RGB = "configs/dtdm_raw2rgb_tiny.py"
@@ -60,34 +63,35 @@ def test_rgb2raw_trains_through_the_loop_and_predicts(runs):
   b = _batch()
   # Through the tiled tools' sharded, AOT-compiled predictor: s = 100 steps, x_init = the
   # start noise of m_s (shared per pixel by `jisp reconstruct --shared-noise`).
-  pred = PatchPredictor(task, params, sampler="dtdm", steps=None, max_batch=4, devices=2)
+  pred = PatchPredictor(task, params, PredictOptions(sampler="dtdm"), max_batch=4, devices=2)
   assert pred.nfe == 100
   z = np.random.default_rng(0).standard_normal(b["raw"].shape).astype(np.float32)
   out = pred(b["rgb"], z, jax.random.PRNGKey(0))
   _check_image(out, b["raw"].shape)
   np.testing.assert_array_equal(pred(b["rgb"], z, jax.random.PRNGKey(0)), out)
   # the network called 2 patches at a time (models.microbatch) gives the same patches
-  split = PatchPredictor(task, params, sampler="dtdm", steps=None, max_batch=4, devices=2,
+  split = PatchPredictor(task, params, PredictOptions(sampler="dtdm"), max_batch=4, devices=2,
                          net_chunk=2)
   assert split.net_chunk_for(4) == 2
   np.testing.assert_allclose(split(b["rgb"], z, jax.random.PRNGKey(0)), out, atol=1e-4)
   # The estimate is computed from the sRGB alone, and it is the UPI inverse.
   x = np.asarray(task.estimate(b["rgb"]))
-  assert _psnr(x, b["raw"]) > 12.0 and task.nfe() == 100
+  assert _psnr(x, b["raw"]) > 12.0 and task.nfe(options(task)) == 100
 
 
 def test_raw2rgb_uses_the_trained_colour_network(runs):
   cfg = load(RAW2RGB, SHORT + runs["g_overrides"])
-  task = DTDMTask(cfg)
+  task = build_task(cfg)  # restores the estimator run: the task itself reads no files
   _, params = restore_params(runs["raw2rgb"], task)
   assert sorted(losses(runs["raw2rgb"])) == [1, 2, 3]
   b = _batch()
-  out = task.predict(params, b["raw"], jax.random.PRNGKey(1), steps=5)  # strided reverse
+  out = task.predict(params, b["raw"], jax.random.PRNGKey(1), options(task, steps=5))  # strided
   _check_image(out, b["rgb"].shape)
   # x = c = G(w) is exactly the regression run's prediction.
   reg = RegressionTask(load(REG, SHORT))
   _, gp = restore_params(runs["reg"], reg)
-  np.testing.assert_allclose(task.estimate(b["raw"]), reg.predict(gp, b["raw"]), atol=1e-6)
+  np.testing.assert_allclose(task.estimate(b["raw"]),
+                             reg.predict(gp, b["raw"], None, options(reg)), atol=1e-6)
 
 
 def test_ddpm_ablation_arms_share_the_network(runs):
@@ -97,17 +101,18 @@ def test_ddpm_ablation_arms_share_the_network(runs):
   b = _batch()
   loss, _ = jax.jit(task.loss)(params, b, jax.random.PRNGKey(0))
   assert math.isfinite(float(loss))
-  out = task.predict(params, b["rgb"], jax.random.PRNGKey(2), start="noise", steps=4,
-                     sampler="ddpm")
+  out = task.predict(params, b["rgb"], jax.random.PRNGKey(2),
+                     options(task, start="noise", steps=4, sampler="ddpm"))
   _check_image(out, b["raw"].shape)
-  with pytest.raises(ValueError, match="sampler"):
-    task.predict(params, b["rgb"], jax.random.PRNGKey(2), sampler="dpm_solver")
-  assert task.nfe(start="noise") == 2000 and task.nfe(start="estimate") == 100
+  with pytest.raises(OptionError, match="sampler"):
+    options(task, sampler="dpm_solver")
+  assert task.nfe(options(task, start="noise")) == 2000
+  assert task.nfe(options(task, start="estimate")) == 100
 
 
 def test_bad_dtdm_configs_fail_clearly():
   with pytest.raises(ConfigError, match="dtdm.estimator_workdir"):
-    DTDMTask(load(RGB2RAW, SHORT + ["--config.dtdm.estimator=regression"]))
+    build_task(load(RGB2RAW, SHORT + ["--config.dtdm.estimator=regression"]))
   with pytest.raises(ConfigError, match="dtdm.direction"):
     DTDMTask(load(RGB2RAW, SHORT + ["--config.dtdm.direction=up"]))
   with pytest.raises(ConfigError, match="dtdm.s"):

@@ -1,15 +1,15 @@
 """`jisp eval`: metrics against independent implementations, the DESIGN.md protocol on
 virtual-camera RAWs (a RAW folder and a prepared folder's test split), results.json,
 report.png and the tiling comparison."""
-import argparse
 import json
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import MICRO, run_jisp
-from jisp.infer import evaluate, metrics
+from helpers import MICRO, cli, run_jisp
+from jisp.core import metrics
+from jisp.infer import evaluate, report
 
 CFG = "configs/ddpm_tiny.py"
 
@@ -22,8 +22,8 @@ def test_psnr_and_tiled_psnr_match_skimage():
   a = rng.random((31, 47, 3)).astype(np.float32)
   b = np.clip(a + rng.normal(0, 0.05, a.shape), 0, 1).astype(np.float32)
   assert abs(float(metrics.psnr(a, b)) - sk_psnr(a, b, data_range=1.0)) < 1e-3
-  # 3x3 tiles: rows 11/10/10 and columns 16/16/15, PSNR of each, then the mean
-  rows, cols = [(0, 11), (11, 21), (21, 31)], [(0, 16), (16, 32), (32, 47)]
+  # 3x3 tiles, the official InvISP rule int(i*H/3): rows 10/10/11, columns 15/16/16
+  rows, cols = [(0, 10), (10, 20), (20, 31)], [(0, 15), (15, 31), (31, 47)]
   want = np.mean([sk_psnr(a[y0:y1, x0:x1], b[y0:y1, x0:x1], data_range=1.0)
                   for y0, y1 in rows for x0, x1 in cols])
   assert abs(metrics.tiled_psnr(a, b) - want) < 1e-3
@@ -50,11 +50,11 @@ def test_report_image_layout():
   rng = np.random.default_rng(0)
   x = rng.random((30, 40, 3)).astype(np.float32)
   rows = [("a.dng", x, x * 0.9, x, 30.0), ("b.dng", x[:20], x[:20], x[:20], 40.0)]
-  img = evaluate.report_image(rows, width=64)
+  img = report.report_image(rows, width=64)
   assert img.shape[1] == 4 * 64 + 3 * 4 and img.dtype == np.uint8
   # the error map of a perfect reconstruction is black, of a 10% error mostly bright
-  assert evaluate.error_map(x, x).max() == 0
-  assert evaluate.error_map(x + 0.1, x).min() > 0.99
+  assert report.error_map(x, x).max() == 0
+  assert report.error_map(x + 0.1, x).min() > 0.99
 
 
 # ------------------------------------------------------------------ the command
@@ -69,16 +69,14 @@ def setup(tmp_path_factory):
   return wd, raws
 
 
-def _args(*argv):
-  p = argparse.ArgumentParser()
-  evaluate.add_eval_args(p)
-  return p.parse_args([str(a) for a in argv])
+def _eval(*argv) -> int:
+  return cli("eval", *argv)
 
 
 def test_eval_raw_folder_writes_results_and_report(setup, capsys):
   wd, raws = setup
-  rc = evaluate.run_eval(_args("--workdir", wd, "--data", raws[0].parent, "--json",
-                               "--sampler", "ddim", "--steps", "2", "--max-batch", "32"))
+  rc = _eval("--workdir", wd, "--data", raws[0].parent, "--json",
+             "--sampler", "ddim", "--steps", "2", "--max-batch", "32")
   assert rc == 0
   printed = json.loads(capsys.readouterr().out.strip())
   saved = json.loads((wd / "eval" / "results.json").read_text())
@@ -103,9 +101,8 @@ def test_eval_prepared_folder_uses_its_test_split(setup, tmp_path):
   files.append({"path": "broken.dng", "status": "skipped", "reason": "x"})
   (tmp_path / "manifest.json").write_text(json.dumps(
       {"raw_dir": str(raws[0].parent), "protocol": "invisp", "files": files}))
-  args = _args("--workdir", wd, "--data", tmp_path, "--json", "--sampler", "ddim", "--steps",
-               "2", "--tiling-report", "--max-batch", "32", "--overlap", "8", "--eta", "1")
-  assert evaluate.run_eval(args) == 0
+  assert _eval("--workdir", wd, "--data", tmp_path, "--json", "--sampler", "ddim", "--steps",
+               "2", "--tiling-report", "--max-batch", "32", "--overlap", "8", "--eta", "1") == 0
   res = json.loads((wd / "eval" / "results.json").read_text())
   assert res["sampler_options"] == {"eta": 1.0}
   assert [e["file"] for e in res["images"]] == [str(raws[0]), str(raws[2])]
@@ -119,14 +116,13 @@ def test_eval_prepared_folder_uses_its_test_split(setup, tmp_path):
 
 def test_eval_errors_are_one_line(setup, tmp_path, capsys):
   wd, _ = setup
-  assert evaluate.run_eval(_args("--workdir", wd, "--data", tmp_path)) == 2
+  assert _eval("--workdir", wd, "--data", tmp_path) == 2
   err = capsys.readouterr().err.strip()
   assert "\n" not in err and str(tmp_path) in err and "no manifest.json" in err
   (tmp_path / "manifest.json").write_text(json.dumps({"raw_dir": str(tmp_path), "files": []}))
-  assert evaluate.run_eval(_args("--workdir", wd, "--data", tmp_path)) == 2
+  assert _eval("--workdir", wd, "--data", tmp_path) == 2
   assert "no test-split files" in capsys.readouterr().err
   raws_dir = setup[1][0].parent
-  assert evaluate.run_eval(_args("--workdir", wd, "--data", raws_dir, "--sampler",
-                                 "dpm_solver", "--eta", "1")) == 2
+  assert _eval("--workdir", wd, "--data", raws_dir, "--sampler", "dpm_solver", "--eta", "1") == 2
   err = capsys.readouterr().err.strip()
   assert "\n" not in err and "--eta is an option of the ddim sampler" in err

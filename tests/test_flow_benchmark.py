@@ -1,5 +1,5 @@
 """Pieces of the InvISP benchmark: compression (Eq. 11-12), metrics, UPI baseline, the
-real-JPEG test protocol and the region-split shards."""
+real-JPEG test protocol (jisp.infer.roundtrip) and the region-split shards."""
 import io
 
 import jax
@@ -7,9 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import REPO
+from helpers import REPO, options
 
-from jisp.infer import compression, flow_benchmark as fb
+from jisp.core import images, metrics
+from jisp.experiments import flow_benchmark as fb
+from jisp.infer import compression, roundtrip
 
 
 def test_compression_equations():
@@ -27,12 +29,12 @@ def test_compression_equations():
 def test_real_jpeg_sizes_and_roundtrip():
   import skimage.data
   img = skimage.data.astronaut()
-  sizes = {q: len(compression.encode_jpeg(img, q)) for q in (50, 90)}
+  sizes = {q: len(images.encode_jpeg(img, q)) for q in (50, 90)}
   assert sizes[50] < sizes[90]
-  data = compression.encode_jpeg(img / 255.0, 90)
+  data = images.encode_jpeg(img / 255.0, 90)
   assert data[:2] == b"\xff\xd8"                                   # a JPEG stream
-  dec = compression.decode_jpeg(data)
-  assert dec.shape == img.shape and 30 < fb.psnr(dec, img / 255.0) < 50
+  dec = images.decode_jpeg(data) / 255.0
+  assert dec.shape == img.shape and 30 < float(metrics.psnr(dec, img / 255.0)) < 50
   # Nikon-like 14-bit RAW of this size vs its q90 JPEG: a ratio well above 1
   assert compression.compression_ratio(len(data), 512, 512, 14) > 5
 
@@ -44,9 +46,9 @@ def test_ssim_and_tiles():
   b = np.clip(a + 0.1 * rng.standard_normal(a.shape), 0, 1)
   ref = structural_similarity(a, b, data_range=1.0, channel_axis=-1, gaussian_weights=True,
                               sigma=1.5, use_sample_covariance=False)
-  assert fb.ssim(a, b) == pytest.approx(ref, abs=2e-3)
-  assert fb.ssim(a, a) == pytest.approx(1.0)
-  t = fb.tile_slices(10, 7)
+  assert float(metrics.ssim(a, b)) == pytest.approx(ref, abs=2e-3)
+  assert float(metrics.ssim(a, a)) == pytest.approx(1.0)
+  t = metrics.tile_slices(10, 7)
   assert len(t) == 9 and t[0] == (slice(0, 3), slice(0, 2)) and t[-1] == (slice(6, 10), slice(4, 7))
   assert fb.holdout_start(1324) == 882 and fb.holdout_start(1324) % 2 == 0
 
@@ -60,7 +62,8 @@ def test_upi_inverts_its_own_forward_model():
   params = unprocess.CameraParams(rgb2cam=jnp.linalg.inv(rgb_cam), cam2rgb=jnp.asarray(rgb_cam),
                                   wb_gains=jnp.asarray(wb), shot_noise=0.0, read_noise=0.0)
   srgb = np.asarray(unprocess.process(cam, params))
-  want = np.asarray(tone.gamma_compress(np.clip(cam * wb, 0, 1), 2.2))  # the invisp target
+  # the invisp target: white balance with the gains / their max (never above 1, no clip)
+  want = np.asarray(tone.gamma_compress(cam * wb / wb.max(), 2.2))
   lin_rgb = np.clip(np.clip(cam * wb, 0, 1) @ rgb_cam.T, 0, 1)
   ok = (lin_rgb.min(-1) > 1e-3) & (lin_rgb.max(-1) < 0.999)           # not clipped in sRGB
   got = fb.upi_raw(srgb, wb, rgb_cam)
@@ -69,29 +72,29 @@ def test_upi_inverts_its_own_forward_model():
 
 
 def test_evaluate_pairs_follows_the_protocol():
-  from jisp.config_utils import load
+  from jisp.core.config import load
   from jisp.tasks.flow_isp import FlowISPTask
   task = FlowISPTask(load(REPO / "configs" / "invisp_tiny.py", ["--config.model.growth=4"]))
   p = jax.jit(task.init_params)(jax.random.PRNGKey(0))
   rng = np.random.default_rng(2)
   raw = rng.random((48, 48, 3)).astype(np.float32)
   rgb = rng.random((48, 48, 3)).astype(np.float32)
-  res = fb.evaluate_pairs(task, p, [dict(name="a", raw=raw, rgb=rgb, bits=12)])
+  res = roundtrip.evaluate_pairs(task, p, [dict(name="a", raw=raw, rgb=rgb, bits=12)])
   assert res["tiles"] == 9 and set(res["files"]) == {"a"}
   assert res["files"]["a"]["raw_psnr"] == pytest.approx(res["raw_psnr"])
   # by hand, per tile: render, 8 bits, real JPEG q90, decode, inverse (clipped), PSNR;
   # compression of one JPEG of the reassembled rendering
   fwd = jax.jit(lambda x: task.forward(p, x[None])[0])
-  inv = jax.jit(lambda y: task.predict(p, y[None])[0])
+  inv = jax.jit(lambda y: task.predict(p, y[None], None, options(task))[0])
   full = np.zeros((48, 48, 3), np.uint8)
   psnrs = []
-  for sy, sx in fb.tile_slices(48, 48):
-    r8 = compression.to_uint8(np.asarray(fwd(raw[sy, sx])))
+  for sy, sx in metrics.tile_slices(48, 48):
+    r8 = images.to_uint8(np.asarray(fwd(raw[sy, sx])))
     full[sy, sx] = r8
-    d = compression.decode_jpeg(compression.encode_jpeg(r8, 90))
-    psnrs.append(fb.psnr(np.asarray(inv(d)), raw[sy, sx]))
+    d = images.decode_jpeg(images.encode_jpeg(r8, 90)) / 255.0
+    psnrs.append(float(metrics.psnr(np.asarray(inv(d.astype(np.float32))), raw[sy, sx])))
   assert res["raw_psnr"] == pytest.approx(np.mean(psnrs), abs=1e-4)
-  nbytes = len(compression.encode_jpeg(full, 90))
+  nbytes = len(images.encode_jpeg(full, 90))
   assert res["compression_ratio"] == pytest.approx(
       compression.compression_ratio(nbytes, 48, 48, 12))
 

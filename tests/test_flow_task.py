@@ -1,15 +1,14 @@
 """FlowISPTask: the bidirectional loss, evaluation, training through the one loop, and the
 exact inverse with trained parameters."""
-import glob
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import REPO, losses, raw_lines, run_jisp
+from helpers import REPO, losses, options, raw_lines, run_jisp
 
-from jisp.config_utils import ConfigError, load
+from jisp.core.config import load
+from jisp.core.errors import ConfigError
 from jisp.tasks.flow_isp import FlowISPTask
 
 TINY = REPO / "configs" / "invisp_tiny.py"
@@ -49,9 +48,12 @@ def test_task_passes_and_loss():
   np.testing.assert_array_equal(np.asarray(task.forward(p, b["raw"])), np.asarray(rgb))
   # exact inverse of the unclipped forward; predict is the clipped inverse
   assert float(jnp.max(jnp.abs(inv(p, y) - b["raw"]))) < 1e-4
-  np.testing.assert_allclose(np.asarray(task.predict(p, b["rgb"], jax.random.PRNGKey(1))),
-                             np.clip(np.asarray(inv(p, b["rgb"])), 0, 1), atol=1e-6)
-  assert task.nfe() == 1
+  np.testing.assert_allclose(
+      np.asarray(task.predict(p, b["rgb"], jax.random.PRNGKey(1), options(task))),
+      np.clip(np.asarray(inv(p, b["rgb"])), 0, 1), atol=1e-6)
+  assert task.nfe(options(task)) == 1
+  # render is the clipped forward pass (what the InvISP eval protocol stores)
+  np.testing.assert_array_equal(np.asarray(task.render(p, b["raw"])), np.asarray(rgb))
 
   (loss, aux), g = jax.jit(jax.value_and_grad(task.loss, has_aux=True))(
       p, b, jax.random.PRNGKey(2))
@@ -101,11 +103,19 @@ def test_bad_config_names_the_key(override, key):
 
 
 def test_every_invisp_config_builds_its_task():
-  for path in sorted(glob.glob(str(REPO / "configs" / "invisp_*.py"))):
-    cfg = load(path)
+  specs = [p.name for p in sorted((REPO / "jisp" / "configs").glob("invisp_*.py"))]
+  specs += [f"invisp_fivek.py:blocks={n}" for n in (3, 5, 7, 9, 11)]
+  for spec in specs:
+    cfg = load(spec)
     task = FlowISPTask(cfg)
     assert task.flow.num_blocks == cfg.model.num_blocks
+  assert load("invisp_fivek.py:blocks=5").model.num_blocks == 5
   assert load(REPO / "configs" / "invisp_fivek.py").optim.milestones == (20700, 33120)
+  canon = load("invisp_fivek.py:camera=canon")
+  assert canon.num_steps == 195_000 and canon.optim.milestones == (32_500, 52_000)
+  # the old one-field ablation files still load, as arguments of their base
+  assert load(REPO / "configs" / "invisp_fivek_q30.py").jpeg.quality == 30
+  assert load(REPO / "configs" / "invisp_fivek_nosim.py").loss.simulator == "none"
 
 
 def test_trains_through_the_loop_and_loss_falls(trained):

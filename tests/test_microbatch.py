@@ -1,11 +1,12 @@
-"""Network micro-batching inside the compiled sampler (models.microbatch, predictor option)."""
+"""Network micro-batching inside the compiled sampler (core.microbatch, predictor option)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jisp.infer import predict
-from jisp.models.microbatch import microbatched
+from jisp.core import microbatch
+from jisp.core.errors import ConfigError, OptionError
+from jisp.core.microbatch import microbatched
 
 
 def _centre(x, t):
@@ -36,14 +37,17 @@ def test_no_split_when_off_or_batch_small_and_error_when_size_does_not_divide():
 
 
 def test_resolve_net_chunk():
-  assert predict.resolve_net_chunk("auto", 2, backend="cpu") == 4
-  assert predict.resolve_net_chunk("auto", 2, backend="gpu") is None
-  assert predict.resolve_net_chunk("none", 2) is None
-  assert predict.resolve_net_chunk("24", 8) == 24
-  with pytest.raises(ValueError, match="multiple of the 8 devices"):
-    predict.resolve_net_chunk(12, 8)
-  with pytest.raises(ValueError, match="'auto', 'none' or a positive integer"):
-    predict.resolve_net_chunk("big", 8)
+  assert microbatch.resolve_chunk("auto", 2, backend="cpu") == 4
+  assert microbatch.resolve_chunk("auto", 2, backend="gpu") is None
+  assert microbatch.resolve_chunk("none", 2) is None
+  assert microbatch.resolve_chunk("24", 8) == 24
+  with pytest.raises(OptionError, match="multiple of the 8 devices"):
+    microbatch.resolve_chunk(12, 8)
+  with pytest.raises(OptionError, match="'auto', 'none' or a positive integer"):
+    microbatch.resolve_chunk("big", 8)
+  # the micro-batch of a call: largest multiple of the devices that divides it, <= chunk
+  assert microbatch.chunk_for(32, 16, 8) == 16 and microbatch.chunk_for(16, 16, 8) is None
+  assert microbatch.chunk_for(24, 16, 8) == 8 and microbatch.chunk_for(24, None, 8) is None
 
 
 class _Quadratic:
@@ -73,7 +77,6 @@ def test_train_step_micro_batches_accumulate_to_the_batch_mean():
 
 def test_micro_batch_config_check():
   import ml_collections
-  from jisp.config_utils import ConfigError
   from jisp.train.loop import check_micro_batch
   cfg = ml_collections.ConfigDict({"batch_size": 16, "micro_batch": 0})
   check_micro_batch(cfg, 8)

@@ -1,7 +1,6 @@
 """`jisp reconstruct`: images in (JPEG/PNG/TIFF, 8/16-bit, EXIF orientation), DNG + preview
 + 16-bit TIFF out, LibRaw reads the DNG back, the RAW-space inversion is exact, one-line
 errors, and the compiled predictor is reused across images."""
-import argparse
 import json
 
 import jax
@@ -10,8 +9,12 @@ import pytest
 import tifffile
 from PIL import Image
 
-from helpers import MICRO, run_jisp
-from jisp.infer import images, predict, reconstruct
+from helpers import MICRO, cli, run_jisp
+from jisp.core import images
+from jisp.core.errors import InputError, OptionError
+from jisp.infer import predict, reconstruct
+from jisp.tasks.base import PredictOptions
+from jisp.train import runs
 
 CFG = "configs/ddpm_tiny.py"
 
@@ -30,10 +33,8 @@ def vraw(tmp_path_factory):
   return write_virtual_raw_dir(tmp_path_factory.mktemp("vraw"), 2, seed=4, size=(64, 80))
 
 
-def _args(*argv):
-  p = argparse.ArgumentParser()
-  reconstruct.add_reconstruct_args(p)
-  return p.parse_args([str(a) for a in argv])
+def _reconstruct(*argv) -> int:
+  return cli("reconstruct", *argv)
 
 
 def _photo(h=45, w=67, seed=0):
@@ -47,9 +48,9 @@ def test_reconstruct_writes_dng_preview_and_tiff(run_dir, tmp_path, capsys):
   Image.fromarray(_photo()).save(src / "photo.jpg", quality=90)
   Image.fromarray(_photo(seed=1)).save(src / "photo.png")
   out = tmp_path / "out"
-  rc = reconstruct.run_reconstruct(_args(
+  rc = _reconstruct(
       "--workdir", run_dir, src / "photo.jpg", src / "photo.png", "-o", out,
-      "--sampler", "ddim", "--steps", "3", "--max-batch", "64", "--no-progress"))
+      "--sampler", "ddim", "--steps", "3", "--max-batch", "64", "--no-progress")
   assert rc == 0
   text = capsys.readouterr().out
   assert "default profile" in text  # synthetic-source run: says which profile it used
@@ -72,8 +73,8 @@ def test_raw_space_inversion_reproduces_the_camera_mosaic(vraw, tmp_path):
   from jisp.data import pairs, raw_io
   cap = raw_io.read_capture(vraw[0])
   pair = pairs.make_pair(cap, raw_io.render_srgb(cap), "invisp")
-  prof = reconstruct._complete(reconstruct.profile_from_capture(cap))
-  paths = reconstruct.write_outputs(tmp_path, "x", pair["raw"], "invisp", prof)
+  prof = reconstruct._complete(cap.profile())
+  paths = reconstruct.write_raw_outputs(tmp_path, "x", pair["raw"], "invisp", prof)
   with rawpy.imread(paths["dng"]) as r:
     got = r.raw_image.astype(np.int64)
     assert r.raw_pattern.shape == (2, 2)
@@ -98,9 +99,9 @@ def test_like_and_manifest_profiles(run_dir, vraw, tmp_path):
   from jisp.data import raw_io
   from jisp.data.prepare import capture_profile
   cap = raw_io.read_capture(vraw[1])
-  cfg = predict.load_config(run_dir)
+  cfg = runs.load_config(run_dir)
   prof, desc = reconstruct.camera_profile(cfg, like=str(vraw[1]))
-  assert prof["pattern"] == cap.pattern and prof["white_level"] == cap.white_level
+  assert prof.pattern == cap.pattern and prof.white_level == cap.white_level
   assert str(vraw[1]) in desc
   # the training data's manifest: the camera with most files wins
   data = tmp_path / "data"
@@ -111,9 +112,9 @@ def test_like_and_manifest_profiles(run_dir, vraw, tmp_path):
   (data / "manifest.json").write_text(json.dumps({"protocol": "invisp", "cameras": cams}))
   cfg.data.dir = str(data)
   prof, desc = reconstruct.camera_profile(cfg)
-  assert prof["pattern"] == cap.pattern and "Cam A" in desc
-  np.testing.assert_allclose(prof["black_level"], cap.black_level)
-  with pytest.raises(reconstruct.ReconstructError, match="nope.dng"):
+  assert prof.pattern == cap.pattern and "Cam A" in desc
+  np.testing.assert_allclose(prof.black_level, cap.black_level)
+  with pytest.raises((InputError, OptionError), match="nope.dng"):
     reconstruct.camera_profile(cfg, like=str(tmp_path / "nope.dng"))
 
 
@@ -122,9 +123,9 @@ def test_like_sets_the_dng_layout(run_dir, vraw, tmp_path):
   from jisp.data import raw_io
   cap = raw_io.read_capture(vraw[0])
   Image.fromarray(_photo(32, 32)).save(tmp_path / "a.png")
-  rc = reconstruct.run_reconstruct(_args(
+  rc = _reconstruct(
       "--workdir", run_dir, tmp_path / "a.png", "-o", tmp_path / "o", "--like", vraw[0],
-      "--sampler", "dpm_solver", "--steps", "3", "--shared-noise", "--no-progress"))
+      "--sampler", "dpm_solver", "--steps", "3", "--shared-noise", "--no-progress")
   assert rc == 0
   back = raw_io.read_capture(tmp_path / "o" / "a.dng")
   assert back.pattern == cap.pattern
@@ -168,9 +169,9 @@ def test_read_image_orientation_bits_and_errors(tmp_path):
 def test_bad_inputs_fail_alone_with_one_line_each(run_dir, tmp_path, capsys):
   Image.fromarray(_photo()[..., 0]).save(tmp_path / "gray.png")
   Image.fromarray(_photo(24, 24)).save(tmp_path / "ok.png")
-  rc = reconstruct.run_reconstruct(_args(
+  rc = _reconstruct(
       "--workdir", run_dir, tmp_path / "gray.png", tmp_path / "ok.png", "-o", tmp_path / "o",
-      "--sampler", "ddim", "--steps", "2", "--no-progress"))
+      "--sampler", "ddim", "--steps", "2", "--no-progress")
   assert rc == 1  # one input failed, the other was written
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "gray.png" in err[0] and "grayscale" in err[0]
@@ -182,20 +183,18 @@ def test_workdir_without_checkpoint(tmp_path, run_dir, capsys):
   wd.mkdir()
   (wd / "config.json").write_text((run_dir / "config.json").read_text())
   Image.fromarray(_photo()).save(tmp_path / "a.png")
-  rc = reconstruct.run_reconstruct(_args("--workdir", wd, tmp_path / "a.png", "-o",
-                                         tmp_path / "o"))
+  rc = _reconstruct("--workdir", wd, tmp_path / "a.png", "-o", tmp_path / "o")
   err = capsys.readouterr().err.strip()
   assert rc == 2 and "\n" not in err and str(wd) in err and "checkpoint" in err
-  rc = reconstruct.run_reconstruct(_args("--workdir", tmp_path / "nothing", tmp_path / "a.png",
-                                         "-o", tmp_path / "o"))
+  rc = _reconstruct("--workdir", tmp_path / "nothing", tmp_path / "a.png", "-o", tmp_path / "o")
   assert rc == 2 and "nothing" in capsys.readouterr().err
 
 
 def test_network_microbatching_gives_the_same_patches(run_dir):
-  run = predict.load_run(run_dir)
-  kw = dict(sampler="ddim", steps=2, max_batch=32)
-  whole = predict.PatchPredictor(run.task, run.params, net_chunk="none", **kw)
-  split = predict.PatchPredictor(run.task, run.params, net_chunk=16, **kw)
+  run = runs.load_run(run_dir)
+  opts = PredictOptions(sampler="ddim", steps=2)
+  whole = predict.PatchPredictor(run.task, run.params, opts, max_batch=32, net_chunk="none")
+  split = predict.PatchPredictor(run.task, run.params, opts, max_batch=32, net_chunk=16)
   assert whole.net_chunk_for(32) is None
   assert split.net_chunk_for(32) == 16 and split.net_chunk_for(16) is None
   assert split.net_chunk_for(24) is None or 24 % split.net_chunk_for(24) == 0
@@ -208,14 +207,14 @@ def test_network_microbatching_gives_the_same_patches(run_dir):
 
 
 def test_predictor_compiles_once_per_chunk_size_and_is_deterministic(run_dir):
-  run = predict.load_run(run_dir)
-  pr = predict.PatchPredictor(run.task, run.params, sampler="ddim", steps=2, max_batch=32)
+  run = runs.load_run(run_dir)
+  pr = predict.PatchPredictor(run.task, run.params, PredictOptions(sampler="ddim", steps=2),
+                              max_batch=32)
   key = jax.random.PRNGKey(0)
   outs = []
   for h, w in ((40, 50), (48, 45), (40, 50)):  # 12, 16, 12 patches of 16 (overlap 4)
     rgb = np.random.default_rng(h).random((h, w, 3)).astype(np.float32)
-    outs.append(reconstruct.predict_image(pr, rgb, overlap=4, grid=False, shared_noise=False,
-                                          key=key))
+    outs.append(reconstruct.predict_image(pr, rgb, reconstruct.Tiling(overlap=4), key=key))
     assert outs[-1].shape == (h, w, 3) and 0 <= outs[-1].min() and outs[-1].max() <= 1
   assert list(pr._compiled) == [16]  # one compile served all three images (8 devices)
   np.testing.assert_array_equal(outs[0], outs[2])

@@ -146,7 +146,7 @@ def test_nan_loss_stops_with_message_and_keeps_good_checkpoint(tmp_path):
                "--config.log_every=1", "--config.checkpoint_every=1", "--config.optim.peak_lr=1e30",
                "--config.optim.warmup_steps=1", "--config.optim.grad_clip_norm=0", check=False)
   assert p.returncode == 3, p.stderr[-2000:]
-  msg = [l for l in p.stderr.splitlines() if l.startswith("jisp: error:")]
+  msg = [l for l in p.stderr.splitlines() if l.startswith("jisp train: error:")]
   assert len(msg) == 1 and "non-finite" in msg[0] and "last good checkpoint kept" in msg[0]
   bad_step = int(msg[0].split(" at step ")[1].split(";")[0])
   kept = sorted(int(q.name) for q in (wd / "checkpoints").iterdir() if q.name.isdigit())
@@ -154,8 +154,8 @@ def test_nan_loss_stops_with_message_and_keeps_good_checkpoint(tmp_path):
   # The newest kept checkpoint restores (with the run's own config.json) to finite params.
   import jax
   import numpy as np
-  from jisp.infer import predict
-  run = predict.load_run(str(wd))
+  from jisp.train import runs
+  run = runs.load_run(str(wd))
   assert run.step == max(kept)
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(run.params))
 
@@ -192,8 +192,8 @@ def test_lost_peer_stops_the_run_with_one_line_and_keeps_checkpoints(tmp_path):
   kept = sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit())
   assert set(written) <= set(kept)
   # What was written survives the crash and restores (here in one process).
-  from jisp import config_utils, tasks
-  from jisp.train import checkpoint
-  cfg = config_utils.load(REPO / CFG, MICRO)
-  step, _ = checkpoint.restore_params(str(wd), tasks.get_task(cfg))
+  from jisp.core.config import load
+  from jisp.train import checkpoint, runs
+  cfg = load(REPO / CFG, MICRO)
+  step, _ = checkpoint.restore_params(str(wd), runs.build_task(cfg))
   assert step == kept[-1]

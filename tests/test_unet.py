@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jisp import config_utils
+from jisp.core import config as config_utils
 from jisp.models import unet
 from helpers import REPO
 
@@ -39,9 +39,9 @@ def test_paper_unet_shape_and_param_count():
 def test_ablation_param_counts_move_the_right_way():
   base = config_utils.load(REPO / "configs/ddpm_fivek.py")
   count = lambda c: sum(int(np.prod(a.shape)) for a in jax.tree.leaves(_shapes(c)[0]))
-  assert count(config_utils.load(REPO / "configs/ddpm_fivek_nres2.py")) > 1.3 * PAPER_PARAMS
-  assert count(config_utils.load(REPO / "configs/ddpm_fivek_base32.py")) < 0.3 * PAPER_PARAMS
-  _, out = _shapes(config_utils.load(REPO / "configs/ddpm_fivek_patch128.py"), batch=1)
+  assert count(config_utils.load("ddpm_fivek.py:nres=2")) > 1.3 * PAPER_PARAMS
+  assert count(config_utils.load("ddpm_fivek.py:base=32")) < 0.3 * PAPER_PARAMS
+  _, out = _shapes(config_utils.load("ddpm_fivek.py:patch=128"), batch=1)
   assert out.shape == (1, 128, 128, 3)
   del base
 

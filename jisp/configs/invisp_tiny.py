@@ -12,6 +12,7 @@ def get_config():
   c.eval_every = 100
   c.eval_batches = 2
   c.data.patch_size = 32
+  c.data.camera = ""  # any camera: the demo's and tests' data come from virtual cameras
   c.model.num_blocks = 3
   c.model.growth = 8
   c.optim.peak_lr = 1e-3

@@ -11,6 +11,7 @@ def get_config():
   c.eval_every = 100
   c.eval_batches = 2
   c.data.patch_size = 32
+  c.data.camera = ""  # any camera: the demo's and tests' data come from virtual cameras
   c.model.base_channels = 16
   c.model.channel_mults = (1, 2, 2)
   c.optim.peak_lr = 1e-3

@@ -74,3 +74,28 @@ def load_manifest(data_dir) -> dict:
   if not isinstance(man, dict):
     raise DataError(f"{path}: manifest must be a JSON object")
   return man
+
+
+def ensure_output_dir(path, what: str = "output folder") -> Path:
+  """Creates `path` if needed and checks that files can be written there, before any
+  expensive work; one-line DataError naming it otherwise."""
+  import errno
+  path = Path(path)
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+  except FileExistsError:
+    raise DataError(f"{path}: {what} is an existing file, not a folder") from None
+  except NotADirectoryError:
+    raise DataError(f"{path}: {what} lies below a file") from None
+  except OSError as e:
+    raise DataError(f"{path}: cannot create {what} ({e.strerror or e})") from None
+  if not path.is_dir():
+    raise DataError(f"{path}: {what} is not a folder")
+  try:
+    fd, probe = tempfile.mkstemp(prefix=".jisp-write-test.", dir=path)
+    os.close(fd)
+    os.unlink(probe)
+  except OSError as e:
+    reason = "read-only file system" if e.errno == errno.EROFS else (e.strerror or str(e))
+    raise DataError(f"{path}: cannot write to {what} ({reason})") from None
+  return path

@@ -16,6 +16,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from jisp.core.errors import OptionError
+
 
 def split(a, size: int):
   """(B, ...) -> (B // size, size, ...): micro-batch i holds rows i, i+n, i+2n, ..."""
@@ -63,10 +65,10 @@ def resolve_chunk(chunk, n_dev: int, backend: str | None = None) -> int | None:
   try:
     size = int(chunk)
   except (TypeError, ValueError):
-    raise ValueError(f"net chunk must be 'auto', 'none' or a positive integer, got "
+    raise OptionError(f"net chunk must be 'auto', 'none' or a positive integer, got "
                      f"{chunk!r}") from None
   if size < 0 or size % n_dev:
-    raise ValueError(f"net chunk {size} must be a positive multiple of the {n_dev} devices")
+    raise OptionError(f"net chunk {size} must be a positive multiple of the {n_dev} devices")
   return size or None
 
 

@@ -10,13 +10,9 @@ D700, 14.3 for the 12-bit Canon 5D) suggests a 16-bit container for at least one
 so b is an argument: the sensor's bit depth by default (`Capture.bits`), 16 for the uint16
 container a RAW decoder hands out.
 
-Pure numpy; `encode_jpeg` imports Pillow lazily.
+Pure arithmetic on sizes: the JPEG itself comes from jisp.core.images.encode_jpeg.
 """
 from __future__ import annotations
-
-import io
-
-import numpy as np
 
 BMP_HEADER_BYTES = 54
 
@@ -47,30 +43,3 @@ def stats(jpeg_bytes: int, height: int, width: int, bits: int) -> dict:
   return {"jpeg_bytes": int(jpeg_bytes), "bmp_bytes": bmp_bytes(height, width, bits),
           "compression_ratio": compression_ratio(jpeg_bytes, height, width, bits),
           "bpp": bits_per_pixel(jpeg_bytes, height, width)}
-
-
-def to_uint8(rgb) -> np.ndarray:
-  """[0, 1] float (or uint8) image -> uint8, rounded."""
-  x = np.asarray(rgb)
-  if x.dtype == np.uint8:
-    return x
-  return np.round(np.clip(x.astype(np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def encode_jpeg(rgb, quality: int = 90, subsampling: str = "4:2:0") -> bytes:
-  """A real baseline JPEG (libjpeg via Pillow) of an (H, W, 3) image in [0, 1] or uint8."""
-  from PIL import Image
-  ss = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
-  if subsampling not in ss:
-    raise ValueError(f"unknown subsampling {subsampling!r}; expected one of {tuple(ss)}")
-  buf = io.BytesIO()
-  Image.fromarray(np.ascontiguousarray(to_uint8(rgb))).save(
-      buf, format="JPEG", quality=int(quality), subsampling=ss[subsampling])
-  return buf.getvalue()
-
-
-def decode_jpeg(data: bytes) -> np.ndarray:
-  """(H, W, 3) float32 in [0, 1] of JPEG bytes."""
-  from PIL import Image
-  with Image.open(io.BytesIO(data)) as im:
-    return np.asarray(im.convert("RGB"), np.float32) / 255.0

@@ -71,8 +71,7 @@ class PatchPredictor:
     """'ddim (20 NFE, eta=1.0)': the options as the CLI tools print them."""
     if self.options.sampler == "none":
       return "one deterministic pass"
-    opts = "".join(f", {k}={v}" for k, v in self.options.describe().items()
-                   if k not in ("sampler", "steps"))
+    opts = "".join(f", {k}={v}" for k, v in self.options.extras().items())
     return f"{self.options.sampler} ({self.nfe} NFE{opts})"
 
   def chunk_size(self, n: int) -> int:

@@ -1,22 +1,24 @@
-"""`jisp reconstruct`: sRGB images (JPEG / PNG / TIFF) in, camera RAW (DNG) out.
+"""Tiled reconstruction of whole images and the files `jisp reconstruct` writes.
 
-For each input:
+sRGB -> RAW tasks (io.target == "raw") write, per input:
   OUT/<stem>.dng          Bayer mosaic in the camera's layout and levels, readable by LibRaw
   OUT/<stem>_preview.png  the predicted RAW as the network sees it (white-balanced, gamma)
   OUT/<stem>_raw16.tif    the demosaiced linear camera RAW (black 0, white 65535, no white
                           balance), 16-bit: the DNG before its mosaic
+RAW -> sRGB tasks (io.target == "rgb") read camera RAW files and write OUT/<stem>.png and
+OUT/<stem>_srgb16.tif.
 
 The network predicts RAW in the training protocol's space (`invisp`: white-balanced, gamma
-1/2.2, [0, 1]). To make a DNG it is gamma-expanded, divided by the camera's white balance,
-mosaicked with the camera's Bayer layout and scaled to its [black, white] codes. The camera
-profile (layout, levels, white balance, colour matrix) comes from `--like REFERENCE_RAW`,
-else from the training data's manifest (`cameras` block, the camera with most files), else
-the documented DEFAULT_PROFILE (synthetic-source runs), and each output line says which.
-DNGs need even sizes: an odd last row/column is dropped from the DNG only.
+1/2.2, [0, 1]). To make a DNG it is gamma-expanded, divided by the white balance the
+protocol applied, mosaicked with the camera's Bayer layout and scaled to its [black,
+white] codes. The camera profile comes from `--like REFERENCE_RAW`, else from the training
+data's manifest (the camera with most files), else the documented default profile, and each
+output line says which. DNGs need even sizes: an odd last row/column is dropped from the
+DNG only.
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -24,190 +26,194 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jisp.infer import images, predict, tiling
-from jisp.infer.args import add_common_args, add_reconstruct_args  # noqa: F401 (CLI)
+from jisp.core import images
+from jisp.core.camera import (DEFAULT_PROFILE, DEFAULT_PROFILE_DESC, PROTOCOL_GAMMA,
+                              CameraProfile, target_gains)
+from jisp.core.errors import DataError, InputError, OptionError
+from jisp.infer import tiling
 from jisp.isp import bayer, tone
-
-# XYZ -> linear sRGB (D65), the inverse of LibRaw's sRGB -> XYZ: as a DNG ColorMatrix it says
-# "camera RGB is linear sRGB", the honest choice when the camera is unknown.
-_XYZ_TO_SRGB = np.linalg.inv(np.array([[0.412453, 0.357580, 0.180423],
-                                       [0.212671, 0.715160, 0.072169],
-                                       [0.019334, 0.119193, 0.950227]]))
-
-DEFAULT_PROFILE = {
-    "pattern": "RGGB", "black_level": [0.0, 0.0, 0.0, 0.0], "white_level": 4095.0,
-    "wb": [1.0, 1.0, 1.0], "color_matrix": _XYZ_TO_SRGB.tolist(), "bits": 12,
-}
-DEFAULT_DESC = ("default profile (no camera in the training data): RGGB, 12-bit, black 0, "
-                "white 4095, white balance 1, sRGB colour matrix")
-PROTOCOL_GAMMA = {"invisp": 2.2, "linear": None}
+from jisp.train import runs
 
 
-class ReconstructError(ValueError):
-  """One-line user error (bad option or input)."""
+@dataclasses.dataclass(frozen=True)
+class Tiling:
+  """How an image is cut into patches (see jisp.infer.tiling)."""
+  overlap: int = 0
+  grid: bool = False
+  shared_noise: bool = False
+
+  @property
+  def name(self) -> str:
+    if self.grid:
+      return "grid"
+    return f"overlap{self.overlap}" + ("+shared" if self.shared_noise else "")
+
+  def layout(self, shape, patch: int) -> tiling.Layout:
+    return tiling.make_layout(shape[0], shape[1], patch, 0 if self.grid else self.overlap,
+                              self.grid)
+
+
+def make_tiling(patch: int, overlap=None, grid=False, shared_noise=False) -> Tiling:
+  """The tiling of the CLI options: overlap default patch/4; the grid has none."""
+  if grid:
+    return Tiling(0, True, bool(shared_noise))
+  ov = patch // 4 if overlap is None else int(overlap)
+  if not 0 <= ov < patch:
+    raise OptionError(f"--overlap must be in [0, {patch}) for {patch}x{patch} patches, "
+                      f"got {ov}")
+  return Tiling(ov, False, bool(shared_noise))
 
 
 # --------------------------------------------------------------------------- camera profile
 
-def profile_from_capture(cap) -> dict:
-  cm = cap.color_matrix
-  return {"pattern": cap.pattern,
-          "black_level": [float(b) for b in np.asarray(cap.black_level).reshape(-1)],
-          "white_level": float(cap.white_level),
-          "wb": [float(x) for x in np.asarray(cap.wb).reshape(-1)],
-          "color_matrix": None if cm is None else np.asarray(cm, np.float64).tolist(),
-          "bits": int(cap.bits), "camera": cap.camera}
-
-
-def training_manifest(config):
-  """(manifest dict, its path) of the run's prepared data folder, or (None, reason)."""
-  d = str(config.data.get("dir", "") or "") if "data" in config else ""
-  if not d:
-    return None, "no data.dir"
-  path = Path(d) / "manifest.json"
-  if not path.is_file():
-    return None, f"{path} not found"
-  try:
-    with open(path) as f:
-      return json.load(f), str(path)
-  except (OSError, json.JSONDecodeError) as e:
-    return None, f"{path} unreadable ({e})"
-
-
-def camera_profile(config, like=None) -> tuple[dict, str]:
+def camera_profile(config, like=None) -> tuple[CameraProfile, str]:
   """(profile, one-line description of where it came from); see the module docstring."""
   if like:
     from jisp.data import raw_io  # rawpy: only when a reference RAW is given
     try:
       cap = raw_io.read_capture(like)
-    except (raw_io.RawFormatError, FileNotFoundError) as e:
-      raise ReconstructError(f"--like: {e}") from None
-    return _complete(profile_from_capture(cap)), f"profile of {like} ({cap.camera})"
-  man, where = training_manifest(config)
-  cams = (man or {}).get("cameras") or {}
-  if cams:
-    name = max(sorted(cams), key=lambda c: int(cams[c].get("files", 0) or 0))
-    prof = dict(cams[name], camera=name)
-    return _complete(prof), f"training camera {name} ({where})"
-  return dict(DEFAULT_PROFILE), DEFAULT_DESC
+    except FileNotFoundError as e:
+      raise InputError(like, f"--like: {e.strerror or e}") from None
+    except InputError as e:
+      raise OptionError(f"--like: {e}") from None
+    return cap.profile(), f"profile of {like} ({cap.camera})"
+  data_dir = str(config.data.get("dir", "") or "") if "data" in config else ""
+  if not data_dir:
+    return DEFAULT_PROFILE, DEFAULT_PROFILE_DESC
+  try:
+    found = runs.manifest_camera(data_dir, str(config.data.get("camera", "") or ""))
+  except DataError as e:
+    return DEFAULT_PROFILE, f"{DEFAULT_PROFILE_DESC}; the training data is unusable: {e}"
+  if found is None:
+    return DEFAULT_PROFILE, f"{DEFAULT_PROFILE_DESC}; {data_dir} lists no camera"
+  prof, name = found
+  return _complete(prof), f"training camera {name} ({data_dir}/manifest.json)"
 
 
-def _complete(prof: dict) -> dict:
-  """Fills what a profile may lack (no colour matrix known) with the default's values."""
-  out = dict(DEFAULT_PROFILE)
-  out.update({k: v for k, v in prof.items() if v is not None})
-  black = np.asarray(out["black_level"], np.float64).reshape(-1)
-  out["black_level"] = (np.broadcast_to(black, (4,)) if black.size == 1 else black).tolist()
-  return out
+def _complete(prof: CameraProfile) -> CameraProfile:
+  """A DNG needs a colour matrix: the default's when the camera's is unknown."""
+  if prof.color_matrix is None:
+    return dataclasses.replace(prof, color_matrix=DEFAULT_PROFILE.color_matrix)
+  return prof
 
 
 def data_protocol(config) -> str:
-  man, _ = training_manifest(config)
-  p = (man or {}).get("protocol") or config.data.get("protocol", "invisp")
-  if p not in PROTOCOL_GAMMA:
-    raise ReconstructError(f"protocol {p!r} cannot be turned into a DNG (supported: "
-                           f"{', '.join(PROTOCOL_GAMMA)})")
-  return p
+  """The RAW space the run predicts in: the training manifest's protocol, else the config's."""
+  protocol = config.data.get("protocol", "invisp")
+  data_dir = str(config.data.get("dir", "") or "")
+  if data_dir:
+    from jisp.core.fileio import load_manifest
+    try:
+      protocol = load_manifest(data_dir).get("protocol", protocol)
+    except DataError:
+      pass
+  return protocol
 
 
 # --------------------------------------------------------------------------- RAW space
 
+def _check_protocol(protocol: str):
+  if protocol not in PROTOCOL_GAMMA:
+    raise OptionError(f"protocol {protocol!r} cannot be turned into a DNG (supported: "
+                      f"{', '.join(PROTOCOL_GAMMA)})")
+  return PROTOCOL_GAMMA[protocol]
+
+
 def to_camera_linear(raw, protocol: str, wb) -> np.ndarray:
   """Predicted RAW (protocol space) -> linear camera RGB in [0, 1]: undo gamma, then the
-  white balance (the protocol applied wb gains, then clipped)."""
+  white balance the protocol applied (jisp.core.camera.target_gains of the camera's wb)."""
+  g = _check_protocol(protocol)
   x = np.asarray(raw, np.float32)
-  g = PROTOCOL_GAMMA[protocol]
   if g is not None:
     x = np.asarray(tone.gamma_expand(np.clip(x, 0, 1), g), np.float32)
-  return np.clip(x / np.asarray(wb, np.float32).reshape(1, 1, 3), 0.0, 1.0)
+  return np.clip(x / target_gains(wb).reshape(1, 1, 3), 0.0, 1.0)
 
 
 def preview(raw, protocol: str) -> np.ndarray:
   """Displayable version of a protocol-space RAW (gamma applied where the space is linear)."""
-  g = PROTOCOL_GAMMA[protocol]
+  g = _check_protocol(protocol)
   x = np.clip(np.asarray(raw, np.float32), 0, 1)
   return x if g is not None else np.asarray(tone.gamma_compress(x, 2.2), np.float32)
 
 
-def mosaic_codes(linear_cam, profile: dict) -> np.ndarray:
+def mosaic_codes(linear_cam, profile: CameraProfile) -> np.ndarray:
   """(H, W, 3) linear camera RGB in [0, 1] -> uint16 Bayer codes in [black, white]
   (per CFA site black level), cropped to even H, W."""
   x = np.asarray(linear_cam, np.float32)
   h, w = x.shape[0] // 2 * 2, x.shape[1] // 2 * 2
   if h < 2 or w < 2:
-    raise ReconstructError(f"image {x.shape[1]}x{x.shape[0]} too small for a Bayer mosaic")
+    raise InputError("image", f"{x.shape[1]}x{x.shape[0]} is too small for a Bayer mosaic")
   x = x[:h, :w]
-  m = np.sum(x * bayer.cfa_mask(profile["pattern"], h, w), axis=-1)
-  black = np.tile(np.asarray(profile["black_level"], np.float64).reshape(2, 2),
+  m = np.sum(x * bayer.cfa_mask(profile.pattern, h, w), axis=-1)
+  black = np.tile(np.asarray(profile.black_level, np.float64).reshape(2, 2),
                   (h // 2, w // 2))
-  codes = black + m.astype(np.float64) * (float(profile["white_level"]) - black)
+  codes = black + m.astype(np.float64) * (float(profile.white_level) - black)
   return np.clip(np.round(codes), 0, 65535).astype(np.uint16)
 
 
-def write_outputs(out_dir, stem: str, raw, protocol: str, profile: dict) -> dict:
-  """Writes the three files of one reconstruction; returns their paths."""
-  from jisp.data import dng  # tifffile-based writer
+def write_raw_outputs(out_dir, stem: str, raw, protocol: str, profile: CameraProfile) -> dict:
+  """Writes the DNG, preview PNG and 16-bit TIFF of one RAW prediction; returns paths."""
+  from jisp.core import dng
   out_dir = Path(out_dir)
-  lin = to_camera_linear(raw, protocol, profile["wb"])
+  lin = to_camera_linear(raw, protocol, profile.wb)
   codes = mosaic_codes(lin, profile)
   paths = {"dng": out_dir / f"{stem}.dng", "preview": out_dir / f"{stem}_preview.png",
            "raw16": out_dir / f"{stem}_raw16.tif"}
-  dng.write_dng(paths["dng"], codes, profile["pattern"], profile["black_level"],
-                profile["white_level"], dng.neutral_from_wb(profile["wb"]),
-                profile["color_matrix"], orientation=1, make="jisp",
-                model=str(profile.get("camera", "reconstruction")) or "reconstruction")
+  dng.write_dng(paths["dng"], codes, profile.pattern, profile.black_level,
+                profile.white_level, dng.neutral_from_wb(profile.wb),
+                profile.color_matrix, orientation=1, make="jisp",
+                model=str(profile.camera or "reconstruction"))
   images.write_png(paths["preview"], preview(raw, protocol))
   images.write_tiff16(paths["raw16"], lin)
   return {k: str(v) for k, v in paths.items()}
 
 
+def write_rgb_outputs(out_dir, stem: str, rgb) -> dict:
+  """Writes the 8-bit PNG and 16-bit TIFF of one sRGB prediction; returns paths."""
+  out_dir = Path(out_dir)
+  paths = {"png": out_dir / f"{stem}.png", "srgb16": out_dir / f"{stem}_srgb16.tif"}
+  images.write_png(paths["png"], rgb)
+  images.write_tiff16(paths["srgb16"], rgb)
+  return {k: str(v) for k, v in paths.items()}
+
+
 # --------------------------------------------------------------------------- prediction
 
-def layout_for(predictor, shape, *, overlap: int, grid: bool) -> tiling.Layout:
-  return tiling.make_layout(shape[0], shape[1], predictor.patch, 0 if grid else overlap, grid)
+def read_input(path, source: str, protocol: str) -> np.ndarray:
+  """The task's input image: an sRGB file, or a camera RAW file in the training protocol."""
+  if source == "rgb":
+    return images.read_image(path)[0]
+  from jisp.data import pairs, raw_io
+  cap = raw_io.read_capture(path)
+  return np.asarray(pairs.make_pair(cap, raw_io.render_srgb(cap), protocol)["raw"], np.float32)
 
 
-def predict_image(predictor, rgb, *, overlap: int, grid: bool, shared_noise: bool, key,
-                  progress: bool = False, desc: str = "") -> np.ndarray:
-  """Tiled reconstruction of one (H, W, 3) sRGB image -> (H, W, C) RAW in [0, 1]."""
-  layout = layout_for(predictor, rgb.shape, overlap=overlap, grid=grid)
+def predict_image(predictor, img, tile: Tiling, *, key, progress: bool = False,
+                  desc: str = "") -> np.ndarray:
+  """Tiled prediction of one (H, W, C) image -> (H, W, C_out) in [0, 1]."""
+  layout = tile.layout(img.shape, predictor.patch)
   bar = None
   if progress:
-    try:
-      from tqdm import tqdm
-      bar = tqdm(total=len(layout), desc=desc or "tiles", unit="patch", file=sys.stderr,
-                 leave=False)
-    except ImportError:
-      bar = None
+    from tqdm import tqdm
+    bar = tqdm(total=len(layout), desc=desc or "tiles", unit="patch", file=sys.stderr,
+               leave=False)
   try:
     fn = lambda p, z: predictor(p, z, key, progress=bar.update if bar else None)
-    return tiling.reconstruct(rgb, fn, layout, key=jax.random.fold_in(key, 1 << 20),
-                              channels=predictor.channels, shared_noise=shared_noise)
+    return tiling.reconstruct(img, fn, layout, key=jax.random.fold_in(key, 1 << 20),
+                              noise_channels=predictor.io.noise_channels,
+                              shared_noise=tile.shared_noise)
   finally:
     if bar is not None:
       bar.close()
 
 
-def sampler_choice(args, config) -> tuple[str, int | None]:
-  """(sampler, steps): --sampler/--steps, else the run config's sampling block."""
-  name, steps = predict.default_sampler(config)
-  if getattr(args, "sampler", None) and args.sampler != name:
-    name = args.sampler
-    steps = predict.DEFAULT_STEPS[name]
-  if getattr(args, "steps", None) is not None:
-    steps = args.steps
-  if name == "ddpm" and steps is not None and int(steps) == int(
-      config.diffusion.num_timesteps):
-    steps = None
-  return name, steps
-
-
-def _stems(inputs):
+def unique_stems(inputs) -> list[str]:
+  """Output stems, a.jpg and a.png must not overwrite each other."""
   seen, out = set(), []
   for p in inputs:
     stem = Path(p).stem
     s, k = stem, 1
-    while s in seen:  # a.jpg and a.png must not overwrite each other
+    while s in seen:
       k += 1
       s = f"{stem}_{k}"
     seen.add(s)
@@ -215,90 +221,39 @@ def _stems(inputs):
   return out
 
 
-# --------------------------------------------------------------------------- CLI
-
-def make_predictor(run, args):
-  sampler, steps = sampler_choice(args, run.config)
-  kw = {}
-  if getattr(args, "eta", None) is not None:
-    if sampler not in ("ddim", "dtdm"):
-      raise ReconstructError(f"--eta is an option of the ddim sampler (and DTDM runs), not "
-                             f"of {sampler}")
-    if not args.eta >= 0:
-      raise ReconstructError(f"--eta must be >= 0, got {args.eta}")
-    kw["eta"] = float(args.eta)
-  return predict.PatchPredictor(run.task, run.params, sampler=sampler, steps=steps,
-                                max_batch=args.max_batch, devices=args.devices,
-                                sampler_kw=kw, net_chunk=getattr(args, "net_chunk", "auto"))
-
-
-def overlap_of(args, patch: int) -> int:
-  ov = patch // 4 if args.overlap is None else int(args.overlap)
-  if args.grid:
-    return 0
-  if not 0 <= ov < patch:
-    raise ReconstructError(f"--overlap must be in [0, {patch}) for {patch}x{patch} patches, "
-                           f"got {ov}")
-  return ov
-
-
-def _err(cmd, msg):
-  print(f"jisp {cmd}: error: {' '.join(str(msg).split())}", file=sys.stderr)
-
-
-def read_raw_condition(path, protocol: str) -> np.ndarray:
-  """A camera RAW file as the RAW condition of a RAW -> sRGB run (training protocol)."""
-  from jisp.data import pairs, raw_io
-  cap = raw_io.read_capture(path)
-  return np.asarray(pairs.make_pair(cap, raw_io.render_srgb(cap), protocol)["raw"], np.float32)
-
-
-def run_reconstruct(args) -> int:
-  """CLI body; returns the exit status (0 all written, 1 some inputs failed, 2 no run)."""
-  try:
-    run = predict.load_run(args.workdir)
-    protocol = data_protocol(run.config)
-    profile, desc = camera_profile(run.config, args.like)
-    predictor = make_predictor(run, args)
-    overlap = overlap_of(args, predictor.patch)
-  except (predict.RunError, ReconstructError, ValueError) as e:
-    _err("reconstruct", e)
-    return 2
-  out = Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
-  how = "inverse pass" if hasattr(run.task, "forward") else predictor.describe()
-  print(f"jisp reconstruct: run {run.workdir} step {run.step}, {how}, "
-        f"{'grid' if args.grid else f'overlap {overlap}'}"
-        f"{', shared noise' if args.shared_noise else ''}, camera: {desc}", flush=True)
-  key = jax.random.PRNGKey(args.seed)
+def reconstruct_files(run, predictor, inputs, out_dir, tile: Tiling, *, profile, protocol,
+                      seed: int = 0, progress: bool = False, log=print, warn=None) -> int:
+  """Reconstructs every input into out_dir; returns the number of inputs that failed (each
+  failure is reported through `warn` as one line, the others still run)."""
+  warn = warn or (lambda m: print(m, file=sys.stderr))
+  out = Path(out_dir)
+  key = jax.random.PRNGKey(seed)
+  source, target = predictor.io.source, predictor.io.target
   failed = 0
-  to_rgb = getattr(run.task, "cond_key", "rgb") == "raw"  # DiffRAW: RAW file in, sRGB out
-  for i, (path, stem) in enumerate(zip(args.inputs, _stems(args.inputs))):
+  for i, (path, stem) in enumerate(zip(inputs, unique_stems(inputs))):
     try:
-      rgb = read_raw_condition(path, protocol) if to_rgb else images.read_image(path)[0]
-    except (images.ImageError, ValueError, OSError) as e:
-      _err("reconstruct", e)
+      img = read_input(path, source, protocol)
+    except (InputError, OSError) as e:
+      warn(" ".join(str(e).split()) if isinstance(e, InputError) else f"{path}: {e}")
       failed += 1
       continue
     # Compile outside the timing (once per chunk size; later images reuse it).
-    predictor.warm(len(layout_for(predictor, rgb.shape, overlap=overlap, grid=args.grid)))
+    predictor.warm(len(tile.layout(img.shape, predictor.patch)))
     t0 = time.perf_counter()
-    raw = predict_image(predictor, rgb, overlap=overlap, grid=args.grid,
-                        shared_noise=args.shared_noise, key=jax.random.fold_in(key, i),
-                        progress=not args.no_progress, desc=Path(path).name)
+    pred = predict_image(predictor, img, tile, key=jax.random.fold_in(key, i),
+                         progress=progress, desc=Path(path).name)
     secs = time.perf_counter() - t0
-    if to_rgb:
-      png = out / f"{stem}.png"
-      images.write_png(png, np.clip(np.asarray(raw) * 255.0 + 0.5, 0, 255).astype(np.uint8))
-      images.write_tiff16(out / f"{stem}_srgb16.tif", np.asarray(raw))
-      print(f"{path} -> {png} ({rgb.shape[1]}x{rgb.shape[0]}, {secs:.1f} s)", flush=True)
-      continue
     try:
-      paths = write_outputs(out, stem, raw, protocol, profile)
-    except (OSError, ValueError) as e:
-      _err("reconstruct", f"{path}: {e}")
+      if target == "rgb":
+        paths = write_rgb_outputs(out, stem, pred)
+        written = paths["png"]
+      else:
+        paths = write_raw_outputs(out, stem, pred, protocol, profile)
+        written = paths["dng"]
+    except (OSError, ValueError, InputError) as e:
+      warn(f"{path}: {' '.join(str(e).split())}")
       failed += 1
       continue
-    print(f"{path} -> {paths['dng']} ({rgb.shape[1]}x{rgb.shape[0]}, {secs:.1f} s; camera: "
-          f"{profile.get('camera', 'default profile')})", flush=True)
-  return 1 if failed else 0
+    where = "" if target == "rgb" else f"; camera: {profile.camera or 'default profile'}"
+    log(f"{path} -> {written} ({img.shape[1]}x{img.shape[0]}, {secs:.1f} s{where})")
+  return failed

@@ -2,8 +2,9 @@
 
 The inverse maps an sRGB image into a pair protocol's RAW space (jisp.data.pairs): UPI's
 `unprocess` with the camera's colour matrix and white balance gives linear camera RGB;
-the protocol then white-balances, clips and (invisp) gamma-compresses it, exactly as the
-RAW targets were made. The forward is UPI's `process` from that space back to sRGB.
+the protocol then white-balances it with the target gains (wb / max(wb), never above 1, so
+nothing is clipped) and (invisp) gamma-compresses it, exactly as the RAW targets are made.
+The forward is UPI's `process` from that space back to sRGB.
 """
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ import numpy as np
 
 from jisp.core.camera import PROTOCOL_GAMMA
 from jisp.isp import tone, unprocess
+
+
+def _target_gains(cam):
+  """jisp.core.camera.target_gains in jnp: the gains the protocol's RAW target carries."""
+  return cam.wb_gains / jnp.max(cam.wb_gains)
 
 
 def mean_cam2rgb() -> np.ndarray:
@@ -43,7 +49,7 @@ def rgb_to_raw(rgb, cam: unprocess.CameraParams, protocol: str = "invisp"):
   invisp), in [0, 1]."""
   gamma = _check(protocol)
   lin = unprocess.unprocess(jnp.asarray(rgb, jnp.float32), cam)   # camera RGB, WB undone
-  x = jnp.clip(lin * cam.wb_gains, 0.0, 1.0)                       # the protocol's WB, clip
+  x = lin * _target_gains(cam)                                     # the protocol's WB
   return tone.gamma_compress(x, gamma) if gamma else x
 
 
@@ -52,4 +58,4 @@ def raw_to_rgb(raw, cam: unprocess.CameraParams, protocol: str = "invisp"):
   gamma = _check(protocol)
   x = jnp.asarray(raw, jnp.float32)
   lin = tone.gamma_expand(x, gamma) if gamma else x
-  return unprocess.process(lin / cam.wb_gains, cam)
+  return unprocess.process(lin / _target_gains(cam), cam)

@@ -77,10 +77,11 @@ class PredictOptions:
   def replace(self, **kw) -> "PredictOptions":
     return dataclasses.replace(self, **kw)
 
-  def describe(self) -> dict:
-    """The options that were set, as JSON-ready values (for results files)."""
+  def extras(self) -> dict:
+    """The options set beyond sampler and steps, as JSON-ready values (results files)."""
     return {k: v for k, v in dataclasses.asdict(self).items()
-            if v is not None and k != "net_chunk" and not (k == "clip_x0" and v)}
+            if v is not None and k not in ("sampler", "steps", "net_chunk")
+            and not (k == "clip_x0" and v)}
 
 
 DETERMINISTIC = PredictOptions(sampler="none")

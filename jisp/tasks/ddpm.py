@@ -67,7 +67,7 @@ def resolve_sampler_options(options: PredictOptions, default: PredictOptions,
     raise OptionError(f"sampler {sampler!r} needs steps >= 1, got {steps}")
   if o.eta is not None:
     if sampler != "ddim":
-      raise OptionError(f"eta is an option of the ddim sampler (and DTDM runs), not of {sampler}")
+      raise OptionError(f"--eta is an option of the ddim sampler (and DTDM runs), not of {sampler}")
     if not o.eta >= 0:
       raise OptionError(f"eta must be >= 0, got {o.eta}")
   if o.start_step is not None and not 1 <= int(o.start_step) <= num_timesteps:

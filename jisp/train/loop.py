@@ -74,7 +74,7 @@ def make_train_step(task, tx, lr_fn, ema_decay, micro_batch: int = 0):
     new_state = state.replace(
         step=state.step + 1, params=params, opt_state=opt_state, rng=rng,
         ema_params=ema_update(state.ema_params, params, ema_decay, state.step))
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": lr_fn(state.step)}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr_fn(state.step)}
     metrics.update(aux)
     return new_state, metrics
   return train_step
@@ -153,6 +153,9 @@ def train(config, workdir: str) -> dict:
   distributed.initialize()
   workdir = os.path.abspath(workdir)
   is_main = jax.process_index() == 0
+  # The data folder against the config, before anything is built: a missing test split
+  # or a broken shard must not surface at the first eval.
+  sources.check_data(config, ("train", "test"), verify="size")
   task = runs.build_task(config)
   mesh = sharding.make_mesh()
   n_dev = jax.device_count()

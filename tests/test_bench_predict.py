@@ -1,6 +1,6 @@
-"""`jisp bench sample`: runs with jisp.data / TensorFlow / rawpy unimportable, reports
-consistent numbers, counts the paper U-Net's FLOPs like the PyTorch peer, extrapolates long
-samplers, and restores a trained run."""
+"""`jisp bench predict` (alias `bench sample`): runs with jisp.data / TensorFlow / rawpy
+unimportable, reports consistent numbers, counts the paper U-Net's FLOPs like the PyTorch
+peer, extrapolates long samplers, and restores a trained run."""
 import json
 import subprocess
 import sys
@@ -16,16 +16,12 @@ CFG = "configs/ddpm_tiny.py"
 # Runs the bench on what looks like an accelerator image without jisp.data, TensorFlow and
 # rawpy: a None entry in sys.modules makes `import x` fail and find_spec(x) say "absent".
 _BLOCKED_RUN = r"""
-import argparse, sys
+import sys
 BLOCKED = ("jisp.data", "tensorflow", "tensorflow_datasets", "rawpy")
 for name in BLOCKED:
   sys.modules[name] = None
-from jisp import bench_sample
-p = argparse.ArgumentParser()
-bench_sample.add_bench_sample_args(p)
-a, rest = p.parse_known_args(sys.argv[1:])
-a.overrides = rest
-rc = bench_sample.run_bench_sample(a)
+from jisp.cli import main
+rc = main(["bench", "sample", *sys.argv[1:]])
 bad = sorted(m for m, v in sys.modules.items() if v is not None and (
     m.startswith("jisp.data") or m.split(".")[0] in ("tensorflow", "rawpy")))
 assert not bad, bad
@@ -72,7 +68,7 @@ def test_bench_net_chunk_option():
   assert r["net_chunk"] == 4 and r["batch"] == 8
   p = _bench("--config", CFG, "--sampler", "ddim", "--steps", "2", "--batch", "8",
              "--net-chunk", "3", "--json", *MICRO)
-  assert p.returncode == 2 and p.stdout == ""
+  assert p.returncode == 2 and p.stdout == "", p.stderr
   err = p.stderr.strip().splitlines()
   assert len(err) == 1 and "net chunk 3 must be a positive multiple of the 2 devices" in err[0]
 
@@ -95,16 +91,21 @@ def test_bench_trained_run_and_extrapolated_ddpm(tmp_path):
 def test_paper_unet_flops_match_the_pytorch_peer_count():
   """XLA's count for one 64x64 patch of the paper U-Net vs the diffusers peer's 12.23 GFLOP
   (FlopCounterMode, convs + matmuls + attention; XLA counts the same ops, 1 FMA = 2)."""
-  from jisp import bench_sample, tasks
-  from jisp.config_utils import load
-  task = tasks.get_task(load(REPO / "configs/ddpm_fivek.py"))
+  from jisp.core.config import load
+  from jisp.train.runs import build_task
+  task = build_task(load(REPO / "configs/ddpm_fivek.py"))
   shapes = jax.eval_shape(task.init_params, jax.random.PRNGKey(0))
-  gflop = bench_sample.forward_flops_per_patch(task, shapes) / 1e9
+  gflop = task.network_flops(shapes) / 1e9
   assert abs(gflop - 12.23) / 12.23 < 0.05, gflop
+  # one predict = NFE network evaluations
+  from helpers import options
+  assert task.predict_flops(shapes, options(task, sampler="ddim", steps=20)) == \
+      pytest.approx(20 * gflop * 1e9)
 
 
 def test_parse_size():
-  from jisp import bench_sample
-  assert bench_sample.parse_size("2012x1324") == (1324, 2012)
-  with pytest.raises(ValueError, match="WIDTHxHEIGHT"):
-    bench_sample.parse_size("big")
+  from jisp.core.errors import OptionError
+  from jisp.experiments import bench_predict
+  assert bench_predict.parse_size("2012x1324") == (1324, 2012)
+  with pytest.raises(OptionError, match="WIDTHxHEIGHT"):
+    bench_predict.parse_size("big")

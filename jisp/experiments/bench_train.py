@@ -1,31 +1,24 @@
-"""`jisp bench train`: speed of the one train step, on 1 device and on all local devices.
+"""`jisp bench train` and `jisp bench data`: the one train step's speed, and whether the
+input pipeline keeps it fed.
 
-Prints one JSON line per measurement. Inputs are random arrays of the task's batch shape
-(no data pipeline, no TensorFlow), so it runs on any accelerator image with JAX.
-GFLOP/s is XLA's own count of the compiled step (cost analysis) over measured time.
+`bench train` prints one JSON line per measurement (1 device and all local devices). Inputs
+are random arrays of the task's batch shape (no data pipeline, no TensorFlow), so it runs on
+any accelerator image with JAX. GFLOP/s is XLA's own count of the compiled step (cost
+analysis) over measured time.
 """
 from __future__ import annotations
 
-import json
-import platform
 import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jisp import tasks
-from jisp.train import loop, mesh as mesh_lib, optim
-
-
-def compiled_flops(compiled, num_devices: int) -> float:
-  """Total FLOPs of one call of a compiled (possibly SPMD-partitioned) computation."""
-  ca = compiled.cost_analysis()
-  if isinstance(ca, (list, tuple)):
-    ca = ca[0]
-  # An SPMD-partitioned executable reports the cost of one partition.
-  return float(ca.get("flops", 0.0)) * num_devices
+from jisp.core import sharding
+from jisp.core.errors import ConfigError
+from jisp.core.flops import compiled_flops
+from jisp.experiments import machine
+from jisp.train import loop, optim, runs
 
 
 def _time_steps(step_fn, state, batch, steps: int):
@@ -42,11 +35,12 @@ def _time_steps(step_fn, state, batch, steps: int):
 def _random_batch(spec, mesh, seed=0):
   rng = np.random.default_rng(seed)
   local = {k: rng.random(s.shape, np.float32) for k, s in spec.items()}
-  return mesh_lib.to_global(local, mesh)
+  return sharding.to_global(local, mesh)
 
 
-def bench_train(config, steps: int = 5, json_out: bool = False, device_counts=None) -> list[dict]:
-  task = tasks.get_task(config)
+def bench_train(config, steps: int = 5, emit=None, device_counts=None) -> list[dict]:
+  """One record per device count; `emit(record)` is called as each is measured."""
+  task = runs.build_task(config)
   tx, lr_fn = optim.make_optimizer(config.optim, config.num_steps)
   counts = device_counts or sorted({1, jax.local_device_count()})
   results = []
@@ -56,14 +50,14 @@ def bench_train(config, steps: int = 5, json_out: bool = False, device_counts=No
             file=sys.stderr)
       continue
     loop.check_micro_batch(config, n)
-    mesh = mesh_lib.make_mesh(n)
+    mesh = sharding.make_mesh(n)
     state, state_sh = loop.init_state(task, tx, config, mesh)
     batch = _random_batch(task.batch_spec(config.batch_size), mesh)
     step_fn = loop.compile_train_step(task, tx, lr_fn, config, mesh, state_sh)
     t0 = time.perf_counter()
     compiled = step_fn.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
-    flops = compiled_flops(compiled, n)
+    flops = compiled_flops(compiled, n) or 0.0
     state, m, dt = _time_steps(compiled, state, batch, steps)
     rec = {
         "bench": "train", "task": task.name, "devices": n,
@@ -73,20 +67,22 @@ def bench_train(config, steps: int = 5, json_out: bool = False, device_counts=No
         "seconds_per_step": round(dt, 4), "patches_per_s": round(config.batch_size / dt, 2),
         "gflop_per_step": round(flops / 1e9, 2), "achieved_gflops": round(flops / dt / 1e9, 2),
         "compile_s": round(compile_s, 2), "timed_steps": steps,
-        "loss_finite": bool(np.isfinite(float(m["loss"]))), "host": platform.node(),
+        "loss_finite": bool(np.isfinite(float(m["loss"]))), **machine.cpu_info(),
     }
     results.append(rec)
-    if json_out:
-      print(json.dumps(rec), flush=True)
-    else:
-      print(f"train step on {n} {rec['platform']} device(s): {rec['patches_per_s']} patches/s, "
-            f"{rec['achieved_gflops']} GFLOP/s ({rec['seconds_per_step']} s/step, "
-            f"compile {rec['compile_s']} s)", flush=True)
+    if emit:
+      emit(rec)
     del state, batch, compiled
   return results
 
 
-def bench_data(config, steps: int = 20, json_out: bool = False) -> list[dict]:
+def human_train(rec: dict) -> str:
+  return (f"train step on {rec['devices']} {rec['platform']} device(s): {rec['patches_per_s']} "
+          f"patches/s, {rec['achieved_gflops']} GFLOP/s ({rec['seconds_per_step']} s/step, "
+          f"compile {rec['compile_s']} s); {rec['cpu_model']}")
+
+
+def bench_data(config, steps: int = 20, emit=None) -> list[dict]:
   """Input pipeline vs train step: can the pipeline keep the step fed?
 
   Three measurements: (1) patches/s the pipeline alone delivers, (2) patches/s of the
@@ -98,17 +94,16 @@ def bench_data(config, steps: int = 20, json_out: bool = False) -> list[dict]:
   """
   from jisp.train import sources
   if not config.data.dir:
-    from jisp.config_utils import ConfigError
     raise ConfigError("jisp bench data needs --config.data.dir=PREPARED_DIR")
-  mesh = mesh_lib.make_mesh()
-  task = tasks.get_task(config)
+  mesh = sharding.make_mesh()
+  task = runs.build_task(config)
   tx, lr_fn = optim.make_optimizer(config.optim, config.num_steps)
   results = []
 
-  def emit(rec):
+  def emit_(rec):
     results.append(rec)
-    print(json.dumps(rec) if json_out else
-          " ".join(f"{k}={v}" for k, v in rec.items()), flush=True)
+    if emit:
+      emit(rec)
 
   src = sources.make_source(config, "train", local_batch=config.batch_size,
                             process_index=0, process_count=1)
@@ -118,26 +113,26 @@ def bench_data(config, steps: int = 20, json_out: bool = False) -> list[dict]:
   for _ in range(n):
     src.next()
   dt = time.perf_counter() - t0
-  emit({"bench": "data", "what": "pipeline_only", "batch": config.batch_size,
+  emit_({"bench": "data", "what": "pipeline_only", "batch": config.batch_size,
         "patch": config.data.patch_size, "patches_per_s": round(n * config.batch_size / dt, 1)})
 
   state, state_sh = loop.init_state(task, tx, config, mesh)
   step_fn = loop.compile_train_step(task, tx, lr_fn, config, mesh, state_sh)
-  batch = mesh_lib.to_global(src.next(), mesh)
+  batch = sharding.to_global(src.next(), mesh)
   state, _, step_dt = _time_steps(step_fn, state, batch, steps)
-  emit({"bench": "data", "what": "train_step_only", "devices": jax.device_count(),
+  emit_({"bench": "data", "what": "train_step_only", "devices": jax.device_count(),
         "patches_per_s": round(config.batch_size / step_dt, 1)})
 
   wait = 0.0
   t0 = time.perf_counter()
   for _ in range(steps):
     tw = time.perf_counter()
-    batch = mesh_lib.to_global(src.next(), mesh)
+    batch = sharding.to_global(src.next(), mesh)
     wait += time.perf_counter() - tw
     state, m = step_fn(state, batch)
   jax.block_until_ready(m)
   total = time.perf_counter() - t0
-  emit({"bench": "data", "what": "train_from_pipeline", "devices": jax.device_count(),
+  emit_({"bench": "data", "what": "train_from_pipeline", "devices": jax.device_count(),
         "patches_per_s": round(steps * config.batch_size / total, 1),
         "wait_fraction": round(wait / total, 4)})
   src.close()

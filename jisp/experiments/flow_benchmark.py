@@ -1,7 +1,7 @@
 """InvISP benchmark on real camera files: train for a time budget, test with real JPEGs.
 
-    python -m jisp.infer.flow_benchmark --raw-dir DIR --workdir W --cpu-seconds 600 [--no-sim]
-    python -m jisp.infer.flow_benchmark --raw-dir DIR --upi-only
+    python -m jisp.experiments.flow_benchmark --raw-dir DIR --workdir W --cpu-seconds 600 [--no-sim]
+    python -m jisp.experiments.flow_benchmark --raw-dir DIR --upi-only
 
 Data. Every RAW file of DIR becomes an `invisp` pair (jisp.data.pairs: demosaiced,
 white-balanced, gamma RAW; LibRaw sRGB saved as a real q90 JPEG). With a handful of files
@@ -16,18 +16,12 @@ the budget the process gets SIGTERM, which makes the loop checkpoint and exit cl
 budget is wall-clock seconds from the launch of that process (compilation included) on
 whatever CPU it runs on; the CPU seconds it used are reported too.
 
-Test protocol (InvISP's test_rgb.py / test_raw.py, as jisp eval should run it): each
-held-out region is cut into 3 x 3 tiles (the official preprocess_test_patch); per tile the
-forward rendering is quantised to 8 bits, saved as a real JPEG (Pillow/libjpeg, q90,
-4:2:0), re-read and inverted; RAW PSNR against the RAW target (clipped to [0, 1], the
-protocol space), RGB PSNR / SSIM of the rendering against the ground-truth sRGB, and the
-JPEG's compression ratio and bits per pixel against the RAW mosaic (Eq. 11-12). Numbers
-are means over all tiles of all files.
+Test protocol: jisp.infer.roundtrip (InvISP's test_rgb.py / test_raw.py, what `jisp eval`
+runs for a flow run) on each held-out region, at the run's JPEG quality and subsampling.
 
-UPI baseline: jisp.isp.unprocess.unprocess on the ground-truth sRGB with the camera's own
+UPI baseline: jisp.isp.upi.rgb_to_raw on the ground-truth sRGB with the camera's own
 metadata (rgb2cam = inverse of LibRaw's rgb_cam, the capture's white balance), no
-learning, then the protocol's own forward steps (white balance, clip, gamma 1/2.2) to land
-in the same space as the RAW targets; same tiles, same PSNR.
+learning, landing in the same protocol space as the RAW targets; same tiles, same PSNR.
 """
 from __future__ import annotations
 
@@ -42,12 +36,19 @@ import time
 
 import numpy as np
 
+from jisp.core import metrics
+from jisp.core.config import load
+from jisp.core.fileio import atomic_write_json
+from jisp.infer import roundtrip
+from jisp.isp import upi
+from jisp.train import runs
+from jisp.train.checkpoint import restore_params
+
 HOLDOUT = 1.0 / 3.0
 STORE_PATCH = 64
 STORE_STRIDE = 32
 TILES = 3
-REPO = pathlib.Path(__file__).resolve().parents[2]
-DEFAULT_CONFIG = REPO / "configs" / "invisp_tiny.py"
+DEFAULT_CONFIG = "invisp_tiny.py"
 
 
 # --------------------------------------------------------------------------- data
@@ -112,116 +113,31 @@ def write_region_shards(pair_list, out_dir, *, holdout=HOLDOUT, patch=STORE_PATC
                    file_id=p["name"], camera=p["camera"], pos=(y, x))
       n = wr.count
     counts[split] = n
-    shard_lists[split] = [{"file": name, "n": n}]
+    shard_lists[split] = [shards_lib.shard_entry(out_dir / name, n)]
   if counts["train"] == 0 or counts["test"] == 0:
     raise ValueError(f"region split left no {patch}x{patch} patches ({counts}); "
                      "images too small for the hold-out")
-  man = {"version": 1, "protocol": "invisp", "patch": patch, "stride": stride,
+  from jisp.data import pairs
+  man = {"version": shards_lib.MANIFEST_VERSION, **pairs.protocol_fields("invisp"),
+         "patch": patch, "stride": stride,
          "encoding": "float16", "split_rule": f"region: bottom {holdout:.3f} of rows held out",
          "raw_shape": [patch, patch, 3], "rgb_shape": [patch, patch, 3],
          "shards": shard_lists, "counts": counts,
          "files": [{"path": p["name"], "camera": p["camera"], "status": "ok"}
                    for p in pair_list]}
-  tmp = out_dir / f"manifest.json.tmp.{os.getpid()}"
-  tmp.write_text(json.dumps(man, indent=1))
-  os.replace(tmp, out_dir / "manifest.json")
+  atomic_write_json(out_dir / "manifest.json", man)
   return man
 
 
-# --------------------------------------------------------------------------- metrics
-
-def tile_slices(h: int, w: int, n: int = TILES):
-  """The official n x n test tiles: rows int(i H / n) .. int((i+1) H / n), same for columns."""
-  return [(slice(int(i * h / n), int((i + 1) * h / n)), slice(int(j * w / n), int((j + 1) * w / n)))
-          for i in range(n) for j in range(n)]
-
-
-def psnr(a, b) -> float:
-  mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
-  return 10.0 * np.log10(1.0 / max(mse, 1e-10))
-
-
-def _gauss_blur_valid(x, k):
-  """Separable 'valid' filtering of (H, W, C) with the 1-D kernel k."""
-  n = len(k)
-  h = sum(k[i] * x[i:x.shape[0] - n + 1 + i] for i in range(n))
-  return sum(k[i] * h[:, i:h.shape[1] - n + 1 + i] for i in range(n))
-
-
-def ssim(a, b) -> float:
-  """SSIM (Wang et al. 2004): 11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, data range
-  1, valid windows, mean over pixels and channels."""
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  if min(a.shape[:2]) < 11:
-    raise ValueError(f"SSIM needs images of at least 11x11, got {a.shape}")
-  t = np.arange(11) - 5.0
-  k = np.exp(-t ** 2 / (2 * 1.5 ** 2))
-  k /= k.sum()
-  f = lambda x: _gauss_blur_valid(x, k)
-  mu_a, mu_b = f(a), f(b)
-  va = f(a * a) - mu_a ** 2
-  vb = f(b * b) - mu_b ** 2
-  cov = f(a * b) - mu_a * mu_b
-  c1, c2 = 0.01 ** 2, 0.03 ** 2
-  s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (va + vb + c2))
-  return float(np.mean(s))
-
-
 # --------------------------------------------------------------------------- evaluation
-
-def evaluate_pairs(task, params, pair_list, *, quality=90, subsampling="4:2:0",
-                   tiles=TILES) -> dict:
-  """The real-JPEG test protocol (module docstring) on image pairs; means over all tiles.
-
-  pair_list: dicts with 'name', 'raw', 'rgb' (H, W, 3) in [0, 1] and 'bits' (RAW depth).
-  Compression (Eq. 11-12) is of one JPEG of each whole rendered image (tiles reassembled)
-  against its RAW mosaic.
-  """
-  import jax
-  import jax.numpy as jnp
-  from jisp.infer import compression
-  fwd = jax.jit(lambda p, x: task.forward(p, x[None])[0])
-  inv = jax.jit(lambda p, y: task.predict(p, y[None])[0])
-  rows, per_file, jpeg_bytes, bmp_bytes, pixels = [], {}, 0, 0.0, 0
-  for pr in pair_list:
-    h, w = pr["raw"].shape[:2]
-    file_rows = []
-    rendered_full = np.zeros((h, w, 3), np.uint8)
-    for sy, sx in tile_slices(h, w, tiles):
-      raw, rgb = pr["raw"][sy, sx], pr["rgb"][sy, sx]
-      rendered = compression.to_uint8(np.asarray(fwd(params, jnp.asarray(raw))))
-      rendered_full[sy, sx] = rendered
-      decoded = compression.decode_jpeg(compression.encode_jpeg(rendered, quality, subsampling))
-      raw_hat = np.asarray(inv(params, jnp.asarray(decoded)))
-      file_rows.append({"raw_psnr": psnr(raw_hat, raw),
-                        "rgb_psnr": psnr(rendered / 255.0, rgb),
-                        "rgb_ssim": ssim(rendered / 255.0, rgb)})
-    nbytes = len(compression.encode_jpeg(rendered_full, quality, subsampling))
-    comp = compression.stats(nbytes, h, w, pr["bits"])
-    per_file[pr["name"]] = dict(_summary(file_rows), **comp)
-    jpeg_bytes += nbytes
-    bmp_bytes += comp["bmp_bytes"]
-    pixels += h * w
-    rows += file_rows
-  return dict(_summary(rows), tiles=len(rows), compression_ratio=bmp_bytes / jpeg_bytes,
-              bpp=8.0 * jpeg_bytes / pixels, jpeg_quality=int(quality), files=per_file)
-
 
 def _summary(rows) -> dict:
   return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
 def upi_raw(rgb, wb, rgb_cam):
-  """UPI's unprocessing of sRGB with a camera's metadata, mapped into the invisp RAW space."""
-  import jax.numpy as jnp
-  from jisp.isp import tone, unprocess
-  cam2rgb = jnp.asarray(rgb_cam, jnp.float32)
-  params = unprocess.CameraParams(rgb2cam=jnp.linalg.inv(cam2rgb), cam2rgb=cam2rgb,
-                                  wb_gains=jnp.asarray(wb, jnp.float32),
-                                  shot_noise=jnp.zeros(()), read_noise=jnp.zeros(()))
-  lin = unprocess.unprocess(jnp.asarray(rgb, jnp.float32), params)   # camera RGB, no WB
-  wbd = jnp.clip(lin * params.wb_gains, 0.0, 1.0)                     # protocol: WB, clip
-  return np.asarray(tone.gamma_compress(wbd, 2.2))                    # protocol: gamma
+  """UPI's unprocessing of sRGB with a camera's metadata, in the invisp RAW space."""
+  return np.asarray(upi.rgb_to_raw(rgb, upi.camera_params(rgb_cam, wb), "invisp"))
 
 
 def upi_baseline(raw_dir, *, holdout=HOLDOUT, tiles=TILES, pair_list=None) -> dict:
@@ -232,9 +148,9 @@ def upi_baseline(raw_dir, *, holdout=HOLDOUT, tiles=TILES, pair_list=None) -> di
     test = split_region(pr, holdout)[1]
     h, w = test["raw"].shape[:2]
     fr = []
-    for sy, sx in tile_slices(h, w, tiles):
+    for sy, sx in metrics.tile_slices(h, w, tiles):
       est = upi_raw(test["rgb"][sy, sx], pr["wb"], pr["rgb_cam"])
-      fr.append({"raw_psnr": psnr(est, test["raw"][sy, sx])})
+      fr.append({"raw_psnr": float(metrics.psnr(est, test["raw"][sy, sx]))})
     per_file[pr["name"]] = _summary(fr)
     rows += fr
   return dict(_summary(rows), method="upi", tiles=len(rows), files=per_file,
@@ -259,8 +175,7 @@ def train_for(config, workdir, seconds: float, overrides=(), poll: float = 1.0,
          "--workdir", str(workdir), *overrides]
   t0 = time.time()
   before = os.times()
-  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True)
+  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   stop_at = None
   try:
     while proc.poll() is None:
@@ -292,9 +207,6 @@ def run(raw_dir, workdir, cpu_seconds, with_sim: bool, *, config=DEFAULT_CONFIG,
   with_sim: the differentiable JPEG between forward and inverse (loss.simulator = jpeg) or
   none. Returns the test metrics (evaluate_pairs) plus training facts.
   """
-  from jisp import tasks
-  from jisp.config_utils import load
-  from jisp.train.checkpoint import restore_params
   workdir = pathlib.Path(workdir)
   data_dir = workdir / "data"
   run_dir = workdir / ("train_sim" if with_sim else "train_nosim")
@@ -311,10 +223,11 @@ def run(raw_dir, workdir, cpu_seconds, with_sim: bool, *, config=DEFAULT_CONFIG,
          "--config.eval_every=100000000", *overrides]
   facts = train_for(config, run_dir, cpu_seconds, ovr)
   cfg = load(config, ovr)
-  task = tasks.get_task(cfg)
+  task = runs.build_task(cfg)
   step, params = restore_params(str(run_dir), task)
   test = [split_region(p, holdout)[1] for p in pair_list]
-  res = evaluate_pairs(task, params, test, quality=quality)
+  q, subsampling = roundtrip.jpeg_settings(cfg)
+  res = roundtrip.evaluate_pairs(task, params, test, quality=q, subsampling=subsampling)
   res.update(facts, step=int(step), with_sim=bool(with_sim), config=str(config),
              overrides=list(overrides), holdout=holdout, budget_s=float(cpu_seconds),
              files_used=[p["name"] for p in pair_list], workdir=str(workdir))
@@ -347,9 +260,12 @@ def main(argv=None) -> int:
 
 
 def _cli() -> int:
+  from jisp.core import hostenv
+  from jisp.core.errors import UserError
+  hostenv.configure()
   try:
     return main()
-  except (OSError, ValueError) as e:   # bad folder, used workdir, too-small images
+  except (OSError, ValueError, UserError) as e:   # bad folder, used workdir, small images
     print(f"flow_benchmark: error: {' '.join(str(e).split())}", file=sys.stderr)
     return 2
 

@@ -10,7 +10,7 @@ For raw2rgb with estimator="regression" the colour network G is trained first (s
 PSNR in dB per patch in [0, 1], then averaged; seconds per image = sampling wall time of
 the whole eval batch / number of patches (one image = one patch), compile time apart.
 
-  python -m jisp.infer.dtdm_ablation --out runs/ablation --steps 2000 [--direction raw2rgb]
+  python -m jisp.experiments.dtdm_ablation --out runs/ablation --steps 2000 [--direction raw2rgb]
       [--estimator regression|upi] [--n-eval 32] [--noise-steps 2000] [--data-dir D]
       [--no-clip] [--config.x=y ...]
 
@@ -26,36 +26,22 @@ import os
 import sys
 import time
 
-CONFIGS = {"raw2rgb": "configs/dtdm_raw2rgb_tiny.py", "rgb2raw": "configs/dtdm_rgb2raw_tiny.py"}
+CONFIGS = {"raw2rgb": "dtdm_raw2rgb_tiny.py", "rgb2raw": "dtdm_rgb2raw_tiny.py"}
 _NET_BLOCKS = ("model", "optim", "dtdm", "diffusion", "sampling")
-G_CONFIGS = {"raw2rgb": "configs/regression_raw2rgb_tiny.py",
-             "rgb2raw": "configs/regression_rgb2raw_tiny.py"}
-
-
-def _repo_file(rel):
-  here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  return os.path.join(here, rel)
+G_CONFIGS = {"raw2rgb": "regression_raw2rgb_tiny.py", "rgb2raw": "regression_rgb2raw_tiny.py"}
 
 
 def _train(config_path, overrides, workdir):
-  from jisp.config_utils import load
+  from jisp.core.config import load
   from jisp.train.loop import train
   cfg = load(config_path, overrides)
   train(cfg, workdir)
   return cfg
 
 
-def _write_json_atomic(path, obj):
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
-
-
 def _psnr(a, b):
-  import numpy as np
-  mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2, axis=(1, 2, 3))
-  return float(np.mean(-10 * np.log10(np.maximum(mse, 1e-12))))
+  from jisp.core import metrics
+  return float(metrics.batch_psnr(a, b))
 
 
 def _timed(fn, *args):
@@ -81,9 +67,10 @@ def run(workdir_root, steps=300, *, direction="raw2rgb", estimator=None, n_eval=
   """
   import jax
   import numpy as np
-  from jisp.config_utils import load
-  from jisp.tasks.dtdm import DTDMTask
-  from jisp.train import checkpoint, mesh as mesh_lib, sources
+  from jisp.core import sharding
+  from jisp.core.fileio import atomic_write_json
+  from jisp.tasks.base import PredictOptions
+  from jisp.train import runs as runs_lib, sources
 
   if direction not in CONFIGS:
     raise ValueError(f"direction must be one of {sorted(CONFIGS)}, got {direction!r}")
@@ -101,18 +88,16 @@ def run(workdir_root, steps=300, *, direction="raw2rgb", estimator=None, n_eval=
     # G shares the run-level and data settings, not the diffusion net's blocks.
     g_over = [o for o in common
               if not o.split("=")[0].startswith(tuple(f"--config.{b}." for b in _NET_BLOCKS))]
-    _train(_repo_file(G_CONFIGS[direction]), g_over, g_dir)
+    _train(G_CONFIGS[direction], g_over, g_dir)
     est_over.append(f"--config.dtdm.estimator_workdir={g_dir}")
 
-  cfg_path = _repo_file(CONFIGS[direction])
   runs = {}
   for process in ("dtdm", "ddpm"):
     wd = os.path.join(root, process)
     log(f"[ablation] training {process} in {wd}")
-    cfg = _train(cfg_path, common + est_over + [f"--config.dtdm.process={process}"], wd)
-    task = DTDMTask(cfg)
-    _, params = checkpoint.restore_params(wd, task)
-    runs[process] = (task, jax.device_get(params))
+    _train(CONFIGS[direction], common + est_over + [f"--config.dtdm.process={process}"], wd)
+    run = runs_lib.load_run(wd)
+    runs[process] = (run.task, jax.device_get(run.params))
 
   # Held-out patches, sharded over the mesh when the count allows (both cores sample).
   cfg = runs["dtdm"][0].config
@@ -120,11 +105,11 @@ def run(workdir_root, steps=300, *, direction="raw2rgb", estimator=None, n_eval=
                             process_count=1, train=False)
   batch = src.next()
   src.close()
-  mesh = mesh_lib.make_mesh()
+  mesh = sharding.make_mesh()
   if n_eval % jax.device_count() == 0:
-    gbatch = mesh_lib.to_global(batch, mesh)
+    gbatch = sharding.to_global(batch, mesh)
     # Params replicated on the same mesh (a restore may leave them on one device).
-    runs = {k: (t, jax.device_put(p, mesh_lib.replicated(mesh))) for k, (t, p) in runs.items()}
+    runs = {k: (t, jax.device_put(p, sharding.replicated(mesh))) for k, (t, p) in runs.items()}
   else:
     gbatch = {k: jax.numpy.asarray(v) for k, v in batch.items()}
   task_d = runs["dtdm"][0]
@@ -136,15 +121,15 @@ def run(workdir_root, steps=300, *, direction="raw2rgb", estimator=None, n_eval=
   arms = {}
   x = np.asarray(task_d.estimate(cond))
   arms["estimate"] = {"psnr": _psnr(x, target), "nfe": 0}
-  plan = [("dtdm", "dtdm", dict(steps=None)),
-          ("ddpm_xs", "ddpm", dict(steps=None, start="estimate")),
-          ("ddpm_noise", "ddpm", dict(steps=None if noise_steps == T else noise_steps,
-                                      start="noise"))]
+  plan = [("dtdm", "dtdm", dict()),
+          ("ddpm_xs", "ddpm", dict(start="estimate")),
+          ("ddpm_noise", "ddpm", dict(steps=noise_steps, start="noise"))]
   for name, process, kw in plan:
     task, params = runs[process]
-    fn = task.sampler_fn(clip_x0=clip_x0, **kw)
+    opts = task.resolve_options(PredictOptions(clip_x0=clip_x0, **kw))
+    fn = jax.jit(lambda p, c, r, t=task, o=opts: t.predict(p, c, r, o))
     compile_s, run_s, out = _timed(fn, params, cond, key)
-    arms[name] = {"psnr": _psnr(np.asarray(out), target), "nfe": task.nfe(**kw),
+    arms[name] = {"psnr": _psnr(np.asarray(out), target), "nfe": task.nfe(opts),
                   "sec_per_image": run_s / n_eval, "compile_s": compile_s}
     log(f"[ablation] {name}: {arms[name]}")
 
@@ -154,12 +139,12 @@ def run(workdir_root, steps=300, *, direction="raw2rgb", estimator=None, n_eval=
             "clip_x0": bool(clip_x0),
             "arms": arms}
   name = "ablation.json" if clip_x0 else "ablation_noclip.json"
-  _write_json_atomic(os.path.join(root, name), result)
+  atomic_write_json(os.path.join(root, name), result, indent=2, sort_keys=True)
   return result
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m jisp.infer.dtdm_ablation", description=__doc__,
+  p = argparse.ArgumentParser(prog="python -m jisp.experiments.dtdm_ablation", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--out", required=True, help="root folder of the runs and ablation.json")
   p.add_argument("--steps", type=int, default=300, help="training steps of every model")
@@ -175,8 +160,8 @@ def main(argv=None) -> int:
   bad = [a for a in rest if not a.startswith("--config.")]
   if bad:
     p.error(f"unrecognized arguments: {' '.join(bad)}")
-  from jisp.cli import _default_cpu_devices
-  _default_cpu_devices()  # before jax starts: split the CPU cores into devices like `jisp`
+  from jisp.core import hostenv
+  hostenv.configure()  # before jax starts: split the CPU cores into devices like `jisp`
   res = run(args.out, args.steps, direction=args.direction, estimator=args.estimator,
             n_eval=args.n_eval, noise_steps=args.noise_steps, data_dir=args.data_dir,
             seed=args.seed, clip_x0=not args.no_clip, overrides=rest)

@@ -1,0 +1,84 @@
+"""`jisp bench train|data|predict ... [--json]`: one JSON line per measurement.
+
+`bench predict` (also `bench sample`, its former name) times any task's compiled predict.
+"""
+from __future__ import annotations
+
+import json
+
+from jisp.cli import common
+
+
+def add_parser(sub, name):
+  b = sub.add_parser(name, help="speed benchmarks, one JSON line per measurement")
+  bsub = b.add_subparsers(dest="what", required=True)
+  for what, doc in (("train", "patches/s and GFLOP/s of the train step, 1 and all local devices"),
+                    ("data", "input pipeline vs train step; wait fraction")):
+    bp = bsub.add_parser(what, help=doc)
+    bp.add_argument("--config", required=True)
+    bp.add_argument("--steps", type=int, default=5, help="timed steps after warm-up")
+    bp.add_argument("--json", action="store_true", help="print JSON lines only")
+    bp.set_defaults(func=run_train if what == "train" else run_data)
+  bs = bsub.add_parser("predict", aliases=["sample"],
+                       help="compiled predict (sampler) speed of any task; no TF/rawpy needed")
+  bs.add_argument("--config", default=None, help="config (random init); or --workdir")
+  bs.add_argument("--workdir", default=None, help="trained run (default: random init)")
+  bs.add_argument("--steps", type=int, default=None, help="sampler steps (NFE for DPM-Solver)")
+  bs.add_argument("--batch", type=int, default=16, help="patches per call (global)")
+  bs.add_argument("--json", action="store_true", help="print one JSON line")
+  bs.add_argument("--repeats", type=int, default=2, help="timed runs (median reported)")
+  bs.add_argument("--warmup", type=int, default=1, help="untimed runs after compile")
+  bs.add_argument("--image-size", default="2012x1324", help="WxH of the image for seconds/image")
+  bs.add_argument("--timed-nfe", type=int, default=None,
+                  help="time a prefix of this many NFE and scale (for DDPM 1000 on slow machines)")
+  bs.add_argument("--matmul-n", type=int, default=2048, help="matmul size for the ceiling")
+  common.add_predict_args(bs, steps_flag=False)
+  bs.set_defaults(func=run_predict)
+  return b
+
+
+def _printer(args, human):
+  return lambda rec: print(json.dumps(rec) if args.json else human(rec), flush=True)
+
+
+def run_train(args, rest) -> int:
+  from jisp.core.config import load
+  cfg = load(args.config, common.split_overrides(rest))
+  from jisp.experiments import bench_train
+  bench_train.bench_train(cfg, steps=args.steps, emit=_printer(args, bench_train.human_train))
+  return 0
+
+
+def run_data(args, rest) -> int:
+  from jisp.core.config import load
+  cfg = load(args.config, common.split_overrides(rest))
+  from jisp.experiments import bench_train
+  bench_train.bench_data(cfg, steps=max(args.steps, 10), emit=_printer(
+      args, lambda r: " ".join(f"{k}={v}" for k, v in r.items())))
+  return 0
+
+
+def run_predict(args, rest) -> int:
+  from jisp.core.errors import OptionError
+  overrides = common.split_overrides(rest)
+  if not args.workdir and not args.config:
+    raise OptionError("give --config (random init) or --workdir (a trained run)")
+  if args.workdir and overrides:
+    raise OptionError("--workdir benchmarks the run's own config: drop the --config.* "
+                      "overrides")
+  if args.workdir and args.config and not args.json:
+    print(f"jisp bench predict: --config {args.config} ignored: the run's own config is used",
+          flush=True)
+  cfg = None
+  if not args.workdir:
+    from jisp.core.config import load
+    cfg = load(args.config, overrides)
+  from jisp.experiments import bench_predict
+  r = bench_predict.bench_predict(
+      cfg, workdir=args.workdir, options=common.predict_options(args), batch=args.batch,
+      devices=args.devices, repeats=args.repeats, warmup=args.warmup,
+      image_size=args.image_size, timed_nfe=args.timed_nfe, matmul_n=args.matmul_n,
+      seed=args.seed, net_chunk=args.net_chunk,
+      log=None if args.json else (lambda m: print(m, flush=True)))
+  _printer(args, bench_predict.human)(r)
+  return 0

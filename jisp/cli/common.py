@@ -1,0 +1,66 @@
+"""Options shared by several commands, and turning them into library arguments.
+
+argparse only at import time: `jisp --help` must not start jax.
+"""
+from __future__ import annotations
+
+NET_CHUNK_HELP = ("network micro-batch: patches per network call inside the compiled "
+                  "predict, a multiple of the devices; 'auto' = 2 per device on CPU "
+                  "(cache-sized), the whole batch on accelerators; 'none' = the whole batch")
+
+
+def split_overrides(rest: list[str]) -> list[str]:
+  """The --config.a.b=v arguments; anything else is an unknown argument."""
+  overrides, unknown = [], []
+  for a in rest:
+    (overrides if a.startswith("--config.") else unknown).append(a)
+  if unknown:
+    from jisp.core.errors import OptionError
+    raise OptionError(f"unrecognized arguments: {' '.join(unknown)}")
+  return overrides
+
+
+def add_predict_args(p, steps_flag: bool = True):
+  """How a task predicts: sampler options (sampling tasks) and batching."""
+  p.add_argument("--sampler", default=None,
+                 help="ddpm | ddim | dpm_solver | dpm_solver_pp (DDPM runs), dtdm | ddpm "
+                      "(DTDM runs); default: the run config's sampling block")
+  if steps_flag:
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampler steps (NFE for DPM-Solver); ddpm always runs all T")
+  p.add_argument("--eta", type=float, default=None,
+                 help="DDIM noise scale: 0 deterministic (default), 1 ancestral on the "
+                      "strided grid (also DTDM's eta)")
+  p.add_argument("--no-clip", action="store_true",
+                 help="do not clip each network call's implied clean image to the data range")
+  p.add_argument("--devices", type=int, default=None, help="devices to shard over (all)")
+  p.add_argument("--net-chunk", default="auto", metavar="N|auto|none", help=NET_CHUNK_HELP)
+  p.add_argument("--seed", type=int, default=0)
+  return p
+
+
+def add_tiling_args(p):
+  p.add_argument("--overlap", type=int, default=None,
+                 help="pixels shared by neighbouring patches (default patch/4)")
+  p.add_argument("--grid", action="store_true",
+                 help="the paper's protocol: a regular grid of non-overlapping patches")
+  p.add_argument("--shared-noise", action="store_true",
+                 help="one initial noise field per image, shared by overlapping patches")
+  p.add_argument("--max-batch", type=int, default=256,
+                 help="patches per compiled call (bounds memory)")
+  p.add_argument("--no-progress", action="store_true")
+  return p
+
+
+def predict_options(args):
+  """PredictOptions of the parsed sampler flags."""
+  from jisp.tasks.base import PredictOptions
+  return PredictOptions(sampler=args.sampler, steps=getattr(args, "steps", None),
+                        eta=args.eta, clip_x0=not getattr(args, "no_clip", False))
+
+
+def make_predictor(run, args):
+  from jisp.infer.predict import PatchPredictor
+  return PatchPredictor(run.task, run.params, predict_options(args),
+                        max_batch=getattr(args, "max_batch", 256), devices=args.devices,
+                        net_chunk=args.net_chunk)

@@ -1,0 +1,51 @@
+"""`jisp eval --workdir D --data DIR [--json]`: full-image scores of a run; report.png."""
+from __future__ import annotations
+
+import json
+
+from jisp.cli import common
+
+
+def add_parser(sub, name):
+  e = sub.add_parser(name, help="RAW PSNR / SSIM of a run on held-out images; report.png")
+  e.add_argument("--workdir", required=True, help="training run (config.json + checkpoints)")
+  e.add_argument("--data", required=True,
+                 help="prepared folder (manifest.json: its test split) or a folder of RAWs")
+  e.add_argument("--json", action="store_true", help="print one JSON object")
+  e.add_argument("--max-images", type=int, default=None, help="evaluate the first N only")
+  e.add_argument("--tiling-report", action="store_true",
+                 help="compare grid / overlap / overlap + shared noise on the same images")
+  common.add_predict_args(e)
+  common.add_tiling_args(e)
+  e.set_defaults(func=run)
+  return e
+
+
+def run(args, rest) -> int:
+  common.split_overrides(rest)
+  from jisp.infer import evaluate
+  from jisp.train import runs
+  log = None if args.json else (lambda m: print(m, flush=True))
+  run_ = runs.load_run(args.workdir)
+  files, protocol, desc = evaluate.eval_files(args.data, run_.config)
+  if args.max_images is not None:
+    files = files[:max(0, args.max_images)]
+  if run_.task.io.direction == "both":  # it renders: its own real-JPEG protocol
+    results, rows = evaluate.evaluate_roundtrip(run_, files, protocol, log=log)
+  else:
+    predictor = common.make_predictor(run_, args)
+    settings = evaluate.tilings(predictor.patch, args.overlap, args.grid, args.shared_noise,
+                                args.tiling_report)
+    if log:
+      log(f"jisp eval: run {run_.workdir} step {run_.step}, {predictor.describe()}, {desc}")
+    results, rows = evaluate.evaluate(run_, predictor, files, protocol, settings,
+                                      seed=args.seed,
+                                      progress=not (args.no_progress or args.json), log=log)
+  paths = evaluate.write_results(run_.workdir, results, rows, args.data)
+  if args.json:
+    print(json.dumps(results), flush=True)
+  else:
+    for line in evaluate.summary_lines(results):
+      print(line)
+    print(f"results: {paths['results']}\nreport: {paths['report']}", flush=True)
+  return 0

@@ -1,0 +1,152 @@
+"""`jisp demo`: a real end-to-end run on data made offline, every stage on this machine.
+
+Stages (run in order; `--only NAME` runs one, reusing what earlier stages left in OUT):
+  data   virtual camera -> DNG files -> rawpy -> `jisp prepare` shards (invisp protocol)
+  train  the conditional DDPM (tiny config) trained from those shards
+  reconstruct  a held-out camera JPEG -> DNG with the trained model (DDIM eta=1, 20 NFE),
+         then the eval protocol on the held-out split: results.json and report.png
+  dtdm   DTDM for sRGB -> RAW (tiny), started from UPI's cheap RAW estimate (s=100; the
+         demo samples 25 strided steps), evaluated on a held-out image
+  flow   the invertible flow ISP (InvISP, tiny) trained on the same shards with the JPEG
+         simulator; eval renders held-out RAW, stores a real JPEG, inverts it
+
+Every stage calls the library (jisp.data.prepare, jisp.train.loop, jisp.infer) directly;
+configs are the packaged ones, so an installed wheel runs the demo.
+"""
+from __future__ import annotations
+
+import pathlib
+import time
+
+from jisp.core import images
+from jisp.core.config import load
+from jisp.core.errors import OptionError
+from jisp.core.fileio import load_manifest
+from jisp.infer import evaluate, reconstruct
+from jisp.infer.predict import PatchPredictor
+from jisp.tasks.base import PredictOptions
+from jisp.train import runs
+from jisp.train.loop import train
+
+# The best 20-NFE setting measured against DDPM-1000 (README "Fast samplers").
+DDPM_OPTIONS = PredictOptions(sampler="ddim", steps=20, eta=1.0)
+
+
+def stage_data(out: pathlib.Path, fast: bool) -> None:
+  from jisp.data import prepare, virtual_camera
+  n = 6 if fast else 10
+  raws = virtual_camera.write_virtual_raw_dir(out / "raw", n_images=n, seed=0,
+                                              size=256 if fast else 384)
+  print(f"demo/data: {len(raws)} virtual-camera DNGs in {out / 'raw'}")
+  man = prepare.prepare(out / "raw", out / "prepared", protocol="invisp", patch=64, stride=32,
+                        split=0.8, shards=2, workers=2, progress=False)
+  c = man["counts"]
+  print(f"demo/data: prepared {man['n_ok']} files ({c.get('train', {}).get('patches', 0)} train / "
+        f"{c.get('test', {}).get('patches', 0)} test patches), skipped {man['n_skipped']}: "
+        f"{out / 'prepared' / 'manifest.json'}")
+
+
+def _train_tiny(out: pathlib.Path, config: str, run_name: str, steps: int,
+                log_every: int = 20) -> pathlib.Path:
+  """Trains a packaged tiny config on the demo shards with the one train loop."""
+  run = out / "runs" / run_name
+  cfg = load(config, [
+      f"--config.data.dir={out / 'prepared'}", f"--config.num_steps={steps}",
+      f"--config.log_every={log_every}", f"--config.checkpoint_every={max(1, steps // 2)}",
+      f"--config.eval_every={max(1, steps // 2)}"])
+  res = train(cfg, str(run))
+  print(f"demo: {config} trained to step {res['step']} ({res['params']:,} params): {run}")
+  return run
+
+
+def _heldout_jpegs(out: pathlib.Path) -> list[pathlib.Path]:
+  """The camera's own rendering of each held-out file, saved as a real JPEG q90."""
+  from jisp.data import raw_io
+  man = load_manifest(out / "prepared")
+  dest = out / "heldout"
+  dest.mkdir(exist_ok=True)
+  jpgs = []
+  for f in man["files"]:
+    if f["status"] == "ok" and f.get("split") == "test":
+      path = pathlib.Path(f["path"])
+      if not path.is_absolute():
+        path = pathlib.Path(man.get("raw_dir", out / "raw")) / path
+      jpg = dest / (path.stem + ".jpg")
+      jpg.write_bytes(images.encode_jpeg(raw_io.render_srgb(path), 90))
+      jpgs.append(jpg)
+  return jpgs
+
+
+def _eval(out: pathlib.Path, run: runs.Run, stage: str, options=None,
+          max_images: int = 2) -> dict:
+  """The `jisp eval` protocol on the demo's held-out split; writes results and report."""
+  files, protocol, _ = evaluate.eval_files(out / "prepared", run.config)
+  files = files[:max_images]
+  if run.task.io.direction == "both":
+    results, rows = evaluate.evaluate_roundtrip(run, files, protocol)
+  else:
+    predictor = PatchPredictor(run.task, run.params, options)
+    settings = evaluate.tilings(predictor.patch)
+    results, rows = evaluate.evaluate(run, predictor, files, protocol, settings)
+  paths = evaluate.write_results(run.workdir, results, rows, out / "prepared")
+  for line in evaluate.summary_lines(results):
+    print(f"demo/{stage}: {line}")
+  print(f"demo/{stage}: report {paths['report']}, numbers {paths['results']}")
+  return results
+
+
+def stage_train(out: pathlib.Path, fast: bool) -> None:
+  _train_tiny(out, "ddpm_tiny.py", "ddpm", 60 if fast else 600)
+
+
+def stage_reconstruct(out: pathlib.Path, fast: bool) -> None:
+  run = runs.load_run(out / "runs" / "ddpm")
+  predictor = PatchPredictor(run.task, run.params, DDPM_OPTIONS)
+  jpgs = _heldout_jpegs(out)[:1]
+  tile = reconstruct.make_tiling(predictor.patch)
+  profile, desc = reconstruct.camera_profile(run.config)
+  print(f"demo/reconstruct: {predictor.describe()}, {tile.name}, camera: {desc}")
+  failed = reconstruct.reconstruct_files(run, predictor, jpgs, out / "reconstructed", tile,
+                                         profile=profile,
+                                         protocol=reconstruct.data_protocol(run.config),
+                                         log=lambda m: print(f"demo/reconstruct: {m}"))
+  if failed:
+    raise RuntimeError("demo/reconstruct: a held-out JPEG could not be reconstructed")
+  _eval(out, run, "reconstruct", DDPM_OPTIONS)
+
+
+def stage_dtdm(out: pathlib.Path, fast: bool) -> None:
+  run = runs.load_run(_train_tiny(out, "dtdm_rgb2raw_tiny.py", "dtdm", 40 if fast else 300))
+  # 25 strided reverse steps from s=100 keep the demo within its time budget.
+  _eval(out, run, "dtdm", PredictOptions(steps=25), max_images=1)
+
+
+def stage_flow(out: pathlib.Path, fast: bool) -> None:
+  run = runs.load_run(_train_tiny(out, "invisp_tiny.py", "flow", 40 if fast else 150))
+  _eval(out, run, "flow")
+
+
+STAGES = {
+    "data": stage_data,
+    "train": stage_train,
+    "reconstruct": stage_reconstruct,
+    "dtdm": stage_dtdm,
+    "flow": stage_flow,
+}
+
+
+def run(out: str, only: str | None = None, fast: bool = False) -> int:
+  if only is not None and only not in STAGES:
+    raise OptionError(f"unknown stage {only!r} (stages: {', '.join(STAGES)})")
+  outp = pathlib.Path(out).resolve()
+  outp.mkdir(parents=True, exist_ok=True)
+  t_all = time.time()
+  for name, fn in STAGES.items():
+    if only is not None and name != only:
+      continue
+    t0 = time.time()
+    print(f"== demo stage {name} ==", flush=True)
+    fn(outp, fast)
+    print(f"== demo stage {name} done in {time.time() - t0:.0f}s ==", flush=True)
+  print(f"jisp demo: finished in {time.time() - t_all:.0f}s; everything is under {outp}")
+  return 0
