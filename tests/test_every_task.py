@@ -29,6 +29,8 @@ CASES = {
                        ["--config.model.growth=4", "--config.video.frame_size=8"], []),
     "regression_rgb2raw": ("configs/regression_rgb2raw_tiny.py", UNET, []),
     "regression_raw2rgb": ("configs/regression_raw2rgb_tiny.py", UNET, []),
+    "ssdnet": ("configs/ssdnet_tiny.py", ["--config.stages=((2, 16, 8),)"], []),
+    "upi": ("configs/upi.py", [], []),
 }
 
 

@@ -216,13 +216,13 @@ def test_predictor_compiles_once_per_chunk_size_and_is_deterministic(run_dir):
     rgb = np.random.default_rng(h).random((h, w, 3)).astype(np.float32)
     outs.append(reconstruct.predict_image(pr, rgb, reconstruct.Tiling(overlap=4), key=key))
     assert outs[-1].shape == (h, w, 3) and 0 <= outs[-1].min() and outs[-1].max() <= 1
-  assert list(pr._compiled) == [16]  # one compile served all three images (8 devices)
+  assert list(pr.compile_seconds) == [16]  # one compile served all three images (8 devices)
   np.testing.assert_array_equal(outs[0], outs[2])
   # a chunk larger than max_batch is split into several calls of the same compiled size
   big = np.random.default_rng(1).random((70, 16, 16, 3)).astype(np.float32)
   z = np.random.default_rng(2).standard_normal((70, 16, 16, 3)).astype(np.float32)
   y = pr(big, z, key)
-  assert y.shape == (70, 16, 16, 3) and sorted(pr._compiled) == [16, 32]
+  assert y.shape == (70, 16, 16, 3) and sorted(pr.compile_seconds) == [16, 32]
   # each patch's result depends only on its own input and noise, not on its chunk mates
   y2 = pr(big[:5], z[:5], key)
   np.testing.assert_allclose(y2, y[:5], atol=1e-3)  # batch-size float noise only

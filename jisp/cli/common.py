@@ -52,6 +52,23 @@ def add_tiling_args(p):
   return p
 
 
+def add_run_args(p, out_help=None):
+  """--workdir RUN, or --method NAME for a method that needs no training (UPI)."""
+  p.add_argument("--workdir", default=None, help="training run (config.json + checkpoints)")
+  p.add_argument("--method", default=None, metavar="NAME",
+                 help="instead of a trained run: a method without training ('upi')")
+  return p
+
+
+def load_run(args):
+  """The run the command works on: --workdir, or --method's baseline run."""
+  from jisp.core.errors import OptionError
+  from jisp.train import runs
+  if bool(args.workdir) == bool(args.method):
+    raise OptionError("give --workdir (a trained run) or --method (e.g. upi), not both")
+  return runs.load_run(args.workdir) if args.workdir else runs.baseline_run(args.method)
+
+
 def predict_options(args):
   """PredictOptions of the parsed sampler flags."""
   from jisp.tasks.base import PredictOptions

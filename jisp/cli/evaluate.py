@@ -8,7 +8,10 @@ from jisp.cli import common
 
 def add_parser(sub, name):
   e = sub.add_parser(name, help="RAW PSNR / SSIM of a run on held-out images; report.png")
-  e.add_argument("--workdir", required=True, help="training run (config.json + checkpoints)")
+  common.add_run_args(e)
+  e.add_argument("--out", default=None,
+                 help="where results.json and report.png go (default: WORKDIR/eval, or "
+                      "eval_METHOD for --method)")
   e.add_argument("--data", required=True,
                  help="prepared folder (manifest.json: its test split) or a folder of RAWs")
   e.add_argument("--json", action="store_true", help="print one JSON object")
@@ -23,10 +26,12 @@ def add_parser(sub, name):
 
 def run(args, rest) -> int:
   common.split_overrides(rest)
+  from pathlib import Path
   from jisp.infer import evaluate
-  from jisp.train import runs
   log = None if args.json else (lambda m: print(m, flush=True))
-  run_ = runs.load_run(args.workdir)
+  run_ = common.load_run(args)
+  out = Path(args.out) if args.out else (Path(run_.workdir) / "eval" if run_.workdir
+                                         else Path(f"eval_{args.method}"))
   files, protocol, desc = evaluate.eval_files(args.data, run_.config)
   if args.max_images is not None:
     files = files[:max(0, args.max_images)]
@@ -37,11 +42,12 @@ def run(args, rest) -> int:
     settings = evaluate.tilings(predictor.patch, args.overlap, args.grid, args.shared_noise,
                                 args.tiling_report)
     if log:
-      log(f"jisp eval: run {run_.workdir} step {run_.step}, {predictor.describe()}, {desc}")
+      what = f"run {run_.workdir} step {run_.step}" if run_.workdir else f"method {args.method}"
+      log(f"jisp eval: {what}, {predictor.describe()}, {desc}")
     results, rows = evaluate.evaluate(run_, predictor, files, protocol, settings,
                                       seed=args.seed,
                                       progress=not (args.no_progress or args.json), log=log)
-  paths = evaluate.write_results(run_.workdir, results, rows, args.data)
+  paths = evaluate.write_results(out, results, rows, args.data)
   if args.json:
     print(json.dumps(results), flush=True)
   else:

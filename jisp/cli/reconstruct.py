@@ -12,7 +12,7 @@ def add_parser(sub, name):
   r.add_argument("inputs", nargs="+", metavar="INPUT",
                  help="JPEG / PNG / TIFF images (camera RAW files for RAW -> sRGB runs)")
   r.add_argument("-o", "--out", required=True, help="output folder")
-  r.add_argument("--workdir", required=True, help="training run (config.json + checkpoints)")
+  common.add_run_args(r)
   r.add_argument("--like", default=None, metavar="REFERENCE_RAW",
                  help="take Bayer layout, levels, white balance and colour matrix from this RAW")
   common.add_predict_args(r)
@@ -26,16 +26,17 @@ def run(args, rest) -> int:
   common.split_overrides(rest)
   from jisp.core.fileio import ensure_output_dir
   from jisp.infer import reconstruct
-  from jisp.train import runs
-  run_ = runs.load_run(args.workdir)
+  run_ = common.load_run(args)
   protocol = reconstruct.data_protocol(run_.config)
   predictor = common.make_predictor(run_, args)
   tile = reconstruct.make_tiling(predictor.patch, args.overlap, args.grid, args.shared_noise)
-  profile, desc = (reconstruct.camera_profile(run_.config, args.like)
+  profile, desc = (reconstruct.camera_profile(run_.config, args.like,
+                                               run_.task.default_camera())
                    if predictor.io.target == "raw" else (None, "sRGB output"))
   ensure_output_dir(args.out)  # before hours of sampling, not after
-  print(f"jisp reconstruct: run {run_.workdir} step {run_.step}, {predictor.describe()}, "
-        f"{tile.name}, camera: {desc}", flush=True)
+  what = f"run {run_.workdir} step {run_.step}" if run_.workdir else f"method {args.method}"
+  print(f"jisp reconstruct: {what}, {predictor.describe()}, {tile.name}, camera: {desc}",
+        flush=True)
   failed = reconstruct.reconstruct_files(
       run_, predictor, args.inputs, args.out, tile, profile=profile, protocol=protocol,
       seed=args.seed, progress=not args.no_progress,

@@ -31,7 +31,7 @@ def get_config(arg=None):
   c.data = ml_collections.ConfigDict()
   c.data.source = "synthetic"
   c.data.dir = ""
-  c.data.camera = "nikon"
+  c.data.camera = ""  # any camera: the demo's and tests' data come from virtual cameras
   c.data.protocol = "invisp" if a.output == "rgb3" else "aim"
   c.data.patch_size = TINY_STAGES[0][1]
 

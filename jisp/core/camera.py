@@ -84,6 +84,15 @@ class CameraProfile:
     return np.eye(3)
 
 
+def camera_features(profile: CameraProfile) -> dict[str, np.ndarray]:
+  """What a task that takes the target camera (IOSpec.camera) sees of it: "rgb2cam" (3, 3),
+  linear sRGB -> camera RGB with rows summing to 1 (the inverse of cam2rgb), and "wb" (3,),
+  the camera's white-balance gains R, G, B normalised to G = 1."""
+  wb = np.asarray(profile.wb, np.float64).reshape(-1)[:3]
+  return {"rgb2cam": np.linalg.inv(profile.cam2rgb()).astype(np.float32),
+          "wb": (wb / wb[1]).astype(np.float32)}
+
+
 def rgb_cam_from_color_matrix(color_matrix) -> np.ndarray:
   """camera -> linear sRGB from an XYZ -> camera matrix, rows normalised to sum to 1 (as
   LibRaw derives rgb_cam)."""

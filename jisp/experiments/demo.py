@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import pathlib
 import time
+from pathlib import Path
 
 from jisp.core import images
 from jisp.core.config import load
@@ -88,7 +89,7 @@ def _eval(out: pathlib.Path, run: runs.Run, stage: str, options=None,
     predictor = PatchPredictor(run.task, run.params, options)
     settings = evaluate.tilings(predictor.patch)
     results, rows = evaluate.evaluate(run, predictor, files, protocol, settings)
-  paths = evaluate.write_results(run.workdir, results, rows, out / "prepared")
+  paths = evaluate.write_results(Path(run.workdir) / "eval", results, rows, out / "prepared")
   for line in evaluate.summary_lines(results):
     print(f"demo/{stage}: {line}")
   print(f"demo/{stage}: report {paths['report']}, numbers {paths['results']}")

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 from jisp.core import images, metrics
-from jisp.core.camera import PROTOCOL_GAMMA
+from jisp.core.camera import PROTOCOL_GAMMA, camera_features
 from jisp.core.errors import DataError, InputError
 from jisp.core.fileio import atomic_write_json, load_manifest
 from jisp.infer import reconstruct, report, roundtrip, tiling
@@ -60,14 +60,16 @@ def eval_files(data_dir, config) -> tuple[list[Path], str, str]:
 
 
 def load_pair(path, protocol: str) -> dict:
-  """{'rgb', 'raw'} float32 (H, W, 3) of one RAW file, as in training, plus 'bits'."""
+  """{'rgb', 'raw'} float32 (H, W, 3) of one RAW file, as in training, plus 'bits' and
+  'camera' (the file's own camera features: the test camera, for tasks that take it)."""
   from jisp.data import pairs, raw_io
   if protocol not in PROTOCOL_GAMMA:
     raise DataError(f"protocol {protocol!r} is not evaluated full-image (3-channel RAW only)")
   cap = raw_io.read_capture(path)
   pair = pairs.make_pair(cap, raw_io.render_srgb(cap), protocol)
   return {"rgb": np.asarray(pair["rgb"], np.float32),
-          "raw": np.asarray(pair["raw"], np.float32), "bits": int(cap.bits)}
+          "raw": np.asarray(pair["raw"], np.float32), "bits": int(cap.bits),
+          "camera": camera_features(cap.profile())}
 
 
 def tilings(patch: int, overlap=None, grid=False, shared_noise=False, report_all=False
@@ -113,13 +115,14 @@ def evaluate(run, predictor, files, protocol, settings, *, seed=0, progress=Fals
   per_image, rows = [], []
   for i, (path, pair) in enumerate(loaded):
     inp, true = pair[io.source], pair[io.target]
+    camera = pair["camera"] if io.camera else None
     entry = {"file": str(path), "size": [int(inp.shape[0]), int(inp.shape[1])], "results": {}}
     for j, s in enumerate(settings):
       layout = s.layout(inp.shape, predictor.patch)
-      predictor.warm(len(layout))
+      predictor.warm(len(layout), camera)
       t0 = time.perf_counter()
       pred = reconstruct.predict_image(predictor, inp, s, key=jax.random.fold_in(key, i),
-                                       progress=progress, desc=path.name)
+                                       progress=progress, desc=path.name, camera=camera)
       secs = time.perf_counter() - t0
       r = score(pred, true, layout, extra_metrics)
       r.update(seconds=secs, patches=len(layout))
@@ -193,9 +196,10 @@ def target_name(io) -> str:
   return "sRGB" if io.target == "rgb" else "RAW"
 
 
-def write_results(workdir, results: dict, rows, data) -> dict:
-  """WORKDIR/eval/results.json and report.png, both atomic; returns their paths."""
-  out = Path(workdir) / "eval"
+def write_results(out, results: dict, rows, data) -> dict:
+  """OUT/results.json and OUT/report.png (a run's: WORKDIR/eval), both atomic; returns
+  their paths."""
+  out = Path(out)
   out.mkdir(parents=True, exist_ok=True)
   results["data"] = str(data)
   results["report"] = str(out / "report.png")

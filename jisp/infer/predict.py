@@ -23,7 +23,9 @@ from jisp.tasks.base import PredictOptions
 
 
 class PatchPredictor:
-  """predictor(inputs (N, P, P, Cin), noise (N, P, P, Cn) or None, key) -> (N, P, P, Cout).
+  """predictor(inputs (N, P, P, Cin), noise (N, P, P, Cn) or None, key, camera=None)
+  -> (N, P, P, Cout); camera: one image's camera features (jisp.core.camera
+  .camera_features), given to every patch, for tasks with io.camera.
 
   Chunk sizes are n_dev * 2^k capped at max_batch: a small image does not pay for a full
   max_batch chunk, and at most log2(max_batch / n_dev) + 1 sizes are ever compiled.
@@ -48,16 +50,19 @@ class PatchPredictor:
     self._compiled = {}
     self.compile_seconds = {}
 
-    def fn(params, inputs, noise, key):
+    def fn(params, inputs, noise, camera, key):
       opts = self.options.replace(net_chunk=self.net_chunk_for(inputs.shape[0]))
-      return task.predict(params, inputs, key, opts, noise)
+      b = inputs.shape[0]
+      cam = ({k: jnp.broadcast_to(v, (b,) + v.shape) for k, v in camera.items()}
+             if camera else None)
+      return task.predict(params, inputs, key, opts, noise, cam)
 
     bsh, rep = self.batch_sharding, self.replicated
     if self.noisy:
-      self._jitted = jax.jit(fn, in_shardings=(rep, bsh, bsh, rep), out_shardings=bsh)
+      self._jitted = jax.jit(fn, in_shardings=(rep, bsh, bsh, rep, rep), out_shardings=bsh)
     else:
-      self._jitted = jax.jit(lambda p, x, k: fn(p, x, None, k),
-                             in_shardings=(rep, bsh, rep), out_shardings=bsh)
+      self._jitted = jax.jit(lambda p, x, c, k: fn(p, x, None, c, k),
+                             in_shardings=(rep, bsh, rep, rep), out_shardings=bsh)
 
   @property
   def sampler(self) -> str:
@@ -85,23 +90,38 @@ class PatchPredictor:
     return jax.ShapeDtypeStruct((batch, p, p, channels), jnp.float32,
                                 sharding=self.batch_sharding)
 
-  def compiled(self, batch: int):
+  def camera_arg(self, camera) -> dict:
+    """The camera argument of a compiled call: the features for io.camera tasks."""
+    if not self.io.camera or camera is None:
+      return {}
+    return {k: jax.device_put(np.asarray(v, np.float32), self.replicated)
+            for k, v in camera.items()}
+
+  def _camera_spec(self):
+    if not self.io.camera:
+      return {}
+    return {"rgb2cam": jax.ShapeDtypeStruct((3, 3), jnp.float32, sharding=self.replicated),
+            "wb": jax.ShapeDtypeStruct((3,), jnp.float32, sharding=self.replicated)}
+
+  def compiled(self, batch: int, with_camera: bool = False):
     """The AOT-compiled predict for `batch` patches (batch a multiple of the devices)."""
     if batch % self.n_dev:
       raise ValueError(f"batch {batch} is not a multiple of the {self.n_dev} devices")
-    if batch not in self._compiled:
+    key = (batch, with_camera and self.io.camera)
+    if key not in self._compiled:
       args = [self.params, self._spec(batch, self.io.in_channels)]
       if self.noisy:
         args.append(self._spec(batch, self.io.noise_channels))
+      args.append(self._camera_spec() if key[1] else {})
       t0 = time.perf_counter()
-      self._compiled[batch] = self._jitted.lower(*args, jax.random.PRNGKey(0)).compile()
+      self._compiled[key] = self._jitted.lower(*args, jax.random.PRNGKey(0)).compile()
       self.compile_seconds[batch] = time.perf_counter() - t0
-    return self._compiled[batch]
+    return self._compiled[key]
 
-  def warm(self, n: int) -> float:
+  def warm(self, n: int, camera=None) -> float:
     """Compiles the chunk size `n` patches will use; returns its compile seconds."""
     b = self.chunk_size(n)
-    self.compiled(b)
+    self.compiled(b, camera is not None)
     return self.compile_seconds[b]
 
   def put(self, x) -> jax.Array:
@@ -110,14 +130,16 @@ class PatchPredictor:
   def key(self, key) -> jax.Array:
     return jax.device_put(key, self.replicated)
 
-  def run(self, fn, inputs, noise, key):
-    """One call of a compiled chunk: fn(params, inputs[, noise], key)."""
+  def run(self, fn, inputs, noise, key, camera=None):
+    """One call of a compiled chunk: fn(params, inputs[, noise], camera, key)."""
+    cam = camera if camera is not None else {}
     if self.noisy:
-      return fn(self.params, inputs, noise, key)
-    return fn(self.params, inputs, key)
+      return fn(self.params, inputs, noise, cam, key)
+    return fn(self.params, inputs, cam, key)
 
-  def __call__(self, inputs, noise, key, progress=None) -> np.ndarray:
-    """progress: None, or a callable(n_patches_done) called after each chunk."""
+  def __call__(self, inputs, noise, key, progress=None, camera=None) -> np.ndarray:
+    """progress: None, or a callable(n_patches_done) called after each chunk; camera: the
+    image's camera features (io.camera tasks; None: the task's default)."""
     inputs = np.asarray(inputs, np.float32)
     n, p = inputs.shape[0], self.patch
     if inputs.shape[1:] != (p, p, self.io.in_channels):
@@ -129,7 +151,8 @@ class PatchPredictor:
         raise ValueError(f"predictor: noise must be {(n, p, p, self.io.noise_channels)}, "
                          f"got {noise.shape}")
     b = self.chunk_size(n)
-    fn = self.compiled(b)
+    cam = self.camera_arg(camera)
+    fn = self.compiled(b, bool(cam))
     out = np.empty((n, p, p, self.io.out_channels), np.float32)
     pending = None  # dispatch chunk i+1 before fetching chunk i: host and devices overlap
     for i, s in enumerate(range(0, n, b)):
@@ -141,7 +164,7 @@ class PatchPredictor:
         x = np.pad(x, pad)
         z = np.pad(z, pad) if self.noisy else None
       y = self.run(fn, self.put(x), self.put(z) if self.noisy else None,
-                   self.key(jax.random.fold_in(key, i)))
+                   self.key(jax.random.fold_in(key, i)), cam)
       if pending is not None:
         self._fetch(out, *pending, progress)
       pending = (y, s, e)

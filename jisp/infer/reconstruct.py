@@ -28,8 +28,9 @@ import numpy as np
 
 from jisp.core import images
 from jisp.core.camera import (DEFAULT_PROFILE, DEFAULT_PROFILE_DESC, PROTOCOL_GAMMA,
-                              CameraProfile, target_gains)
+                              CameraProfile, camera_features, target_gains)
 from jisp.core.errors import DataError, InputError, OptionError
+from jisp.core.fileio import ensure_output_dir
 from jisp.infer import tiling
 from jisp.isp import bayer, tone
 from jisp.train import runs
@@ -66,8 +67,9 @@ def make_tiling(patch: int, overlap=None, grid=False, shared_noise=False) -> Til
 
 # --------------------------------------------------------------------------- camera profile
 
-def camera_profile(config, like=None) -> tuple[CameraProfile, str]:
-  """(profile, one-line description of where it came from); see the module docstring."""
+def camera_profile(config, like=None, default=None) -> tuple[CameraProfile, str]:
+  """(profile, one-line description of where it came from); see the module docstring.
+  default: the task's own default camera (Task.default_camera), else DEFAULT_PROFILE."""
   if like:
     from jisp.data import raw_io  # rawpy: only when a reference RAW is given
     try:
@@ -77,15 +79,17 @@ def camera_profile(config, like=None) -> tuple[CameraProfile, str]:
     except InputError as e:
       raise OptionError(f"--like: {e}") from None
     return cap.profile(), f"profile of {like} ({cap.camera})"
+  fallback, fallback_desc = ((default, f"{default.camera} (the method's default camera)")
+                             if default is not None else (DEFAULT_PROFILE, DEFAULT_PROFILE_DESC))
   data_dir = str(config.data.get("dir", "") or "") if "data" in config else ""
   if not data_dir:
-    return DEFAULT_PROFILE, DEFAULT_PROFILE_DESC
+    return fallback, fallback_desc
   try:
     found = runs.manifest_camera(data_dir, str(config.data.get("camera", "") or ""))
   except DataError as e:
-    return DEFAULT_PROFILE, f"{DEFAULT_PROFILE_DESC}; the training data is unusable: {e}"
+    return fallback, f"{fallback_desc}; the training data is unusable: {e}"
   if found is None:
-    return DEFAULT_PROFILE, f"{DEFAULT_PROFILE_DESC}; {data_dir} lists no camera"
+    return fallback, f"{fallback_desc}; {data_dir} lists no camera"
   prof, name = found
   return _complete(prof), f"training camera {name} ({data_dir}/manifest.json)"
 
@@ -189,8 +193,9 @@ def read_input(path, source: str, protocol: str) -> np.ndarray:
 
 
 def predict_image(predictor, img, tile: Tiling, *, key, progress: bool = False,
-                  desc: str = "") -> np.ndarray:
-  """Tiled prediction of one (H, W, C) image -> (H, W, C_out) in [0, 1]."""
+                  desc: str = "", camera=None) -> np.ndarray:
+  """Tiled prediction of one (H, W, C) image -> (H, W, C_out) in [0, 1]; camera: the
+  target camera's features for tasks that take it (io.camera)."""
   layout = tile.layout(img.shape, predictor.patch)
   bar = None
   if progress:
@@ -198,7 +203,8 @@ def predict_image(predictor, img, tile: Tiling, *, key, progress: bool = False,
     bar = tqdm(total=len(layout), desc=desc or "tiles", unit="patch", file=sys.stderr,
                leave=False)
   try:
-    fn = lambda p, z: predictor(p, z, key, progress=bar.update if bar else None)
+    fn = lambda p, z: predictor(p, z, key, progress=bar.update if bar else None,
+                                camera=camera)
     return tiling.reconstruct(img, fn, layout, key=jax.random.fold_in(key, 1 << 20),
                               noise_channels=predictor.io.noise_channels,
                               shared_noise=tile.shared_noise)
@@ -226,9 +232,10 @@ def reconstruct_files(run, predictor, inputs, out_dir, tile: Tiling, *, profile,
   """Reconstructs every input into out_dir; returns the number of inputs that failed (each
   failure is reported through `warn` as one line, the others still run)."""
   warn = warn or (lambda m: print(m, file=sys.stderr))
-  out = Path(out_dir)
+  out = ensure_output_dir(out_dir)
   key = jax.random.PRNGKey(seed)
   source, target = predictor.io.source, predictor.io.target
+  camera = camera_features(profile) if (predictor.io.camera and profile is not None) else None
   failed = 0
   for i, (path, stem) in enumerate(zip(inputs, unique_stems(inputs))):
     try:
@@ -238,10 +245,10 @@ def reconstruct_files(run, predictor, inputs, out_dir, tile: Tiling, *, profile,
       failed += 1
       continue
     # Compile outside the timing (once per chunk size; later images reuse it).
-    predictor.warm(len(tile.layout(img.shape, predictor.patch)))
+    predictor.warm(len(tile.layout(img.shape, predictor.patch)), camera)
     t0 = time.perf_counter()
     pred = predict_image(predictor, img, tile, key=jax.random.fold_in(key, i),
-                         progress=progress, desc=Path(path).name)
+                         progress=progress, desc=Path(path).name, camera=camera)
     secs = time.perf_counter() - t0
     try:
       if target == "rgb":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from jisp.core.camera import PROTOCOL_GAMMA
+from jisp.core.camera import PROTOCOL_GAMMA, CameraProfile
 from jisp.isp import tone, unprocess
 
 
@@ -20,10 +20,14 @@ def _target_gains(cam):
   return cam.wb_gains / jnp.max(cam.wb_gains)
 
 
+def mean_xyz2cam() -> np.ndarray:
+  """XYZ -> camera of UPI's average camera (the mean of its four real cameras)."""
+  return np.mean(unprocess.XYZ2CAMS, axis=0)
+
+
 def mean_cam2rgb() -> np.ndarray:
   """camera -> linear sRGB of UPI's average camera (mean of its four XYZ->camera matrices)."""
-  xyz2cam = np.mean(unprocess.XYZ2CAMS, axis=0)
-  rgb2cam = xyz2cam @ unprocess.RGB2XYZ
+  rgb2cam = mean_xyz2cam() @ unprocess.RGB2XYZ
   rgb2cam = rgb2cam / rgb2cam.sum(axis=1, keepdims=True)
   return np.linalg.inv(rgb2cam)
 
@@ -44,12 +48,14 @@ def _check(protocol):
   return PROTOCOL_GAMMA[protocol]
 
 
-def rgb_to_raw(rgb, cam: unprocess.CameraParams, protocol: str = "invisp"):
+def rgb_to_raw(rgb, cam: unprocess.CameraParams, protocol: str = "invisp",
+               rgb_gain: float = 1.0):
   """sRGB (..., 3) in [0, 1] -> the protocol's RAW (white-balanced camera RGB, gamma for
-  invisp), in [0, 1]."""
+  invisp), in [0, 1]. rgb_gain: Brooks et al.'s brightness gain, the digital gain the ISP
+  is assumed to have applied (1: none); unprocessing divides by it."""
   gamma = _check(protocol)
   lin = unprocess.unprocess(jnp.asarray(rgb, jnp.float32), cam)   # camera RGB, WB undone
-  x = lin * _target_gains(cam)                                     # the protocol's WB
+  x = lin * _target_gains(cam) / rgb_gain                          # the protocol's WB
   return tone.gamma_compress(x, gamma) if gamma else x
 
 
@@ -59,3 +65,12 @@ def raw_to_rgb(raw, cam: unprocess.CameraParams, protocol: str = "invisp"):
   x = jnp.asarray(raw, jnp.float32)
   lin = tone.gamma_expand(x, gamma) if gamma else x
   return unprocess.process(lin / _target_gains(cam), cam)
+
+
+# A camera for photos whose camera is unknown: UPI's average camera, 12-bit, with the middle
+# of UPI's white-balance ranges as its as-shot white balance.
+DEFAULT_PROFILE = CameraProfile(
+    pattern="RGGB", black_level=(0.0, 0.0, 0.0, 0.0), white_level=4095.0,
+    wb=(float(np.mean(unprocess.RED_GAIN_RANGE)), 1.0, float(np.mean(unprocess.BLUE_GAIN_RANGE))),
+    color_matrix=tuple(map(tuple, mean_xyz2cam().tolist())),
+    rgb_cam=tuple(map(tuple, mean_cam2rgb().tolist())), bits=12, camera="UPI average camera")

@@ -10,6 +10,8 @@ TASKS = {
     "dtdm": "jisp.tasks.dtdm:DTDMTask",
     "flow_isp": "jisp.tasks.flow_isp:FlowISPTask",
     "regression": "jisp.tasks.regression:RegressionTask",
+    "ssdnet": "jisp.tasks.ssdnet:SSDNetTask",
+    "upi": "jisp.tasks.upi:UPITask",
 }
 
 

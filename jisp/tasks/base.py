@@ -43,7 +43,8 @@ class IOSpec:
   direction: "rgb2raw", "raw2rgb", or "both" (the task also renders RAW -> sRGB).
   conditions: what the network conditions on, in words (for help texts and reports).
   noise_channels: channels of the per-patch start noise `predict` takes (0: none, the
-  task is deterministic).
+  task is deterministic). camera: predict uses the target camera's features
+  (jisp.core.camera.camera_features, with a leading batch axis).
   """
   source: str
   target: str
@@ -53,6 +54,7 @@ class IOSpec:
   direction: str
   conditions: tuple = ()
   noise_channels: int = 0
+  camera: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,11 +166,14 @@ class Task(abc.ABC):
 
   @abc.abstractmethod
   def predict(self, params: Params, inputs: jax.Array, rng: jax.Array,
-              options: PredictOptions, noise: jax.Array | None = None) -> jax.Array:
+              options: PredictOptions, noise: jax.Array | None = None,
+              camera: dict | None = None) -> jax.Array:
     """Outputs (B, P, P, io.out_channels) in [0, 1] for inputs (B, P, P, io.in_channels)
     in [0, 1]. `options` come from `resolve_options`. noise: the start noise
     (B, P, P, io.noise_channels) of a sampling task (drawn from rng when None; tiled
-    reconstruction passes its own to share it per pixel). Pure and jit-able."""
+    reconstruction passes its own to share it per pixel). camera: the target camera's
+    features with a leading batch axis (tasks with io.camera; None: the task's default).
+    Pure and jit-able."""
 
   def nfe(self, options: PredictOptions) -> int:
     """Network evaluations one `predict` call makes (resolved options)."""
@@ -190,6 +195,11 @@ class Task(abc.ABC):
     element-wise sampler arithmetic around it is negligible next to the network)."""
     f = self.network_flops(params)
     return None if f is None else f * self.nfe(options)
+
+  def default_camera(self):
+    """The CameraProfile to write DNGs with when neither --like nor the training data name
+    one (None: jisp.core.camera.DEFAULT_PROFILE)."""
+    return None
 
   def render(self, params: Params, raw: jax.Array) -> jax.Array:
     """RAW -> sRGB rendering in [0, 1]; only for io.direction == "both"."""

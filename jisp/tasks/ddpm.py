@@ -138,7 +138,7 @@ class DDPMTask(Task):
     return resolve_sampler_options(options, self.default_options(),
                                    self.schedule.num_timesteps, self.name)
 
-  def predict(self, params, inputs, rng, options, noise=None):
+  def predict(self, params, inputs, rng, options, noise=None, camera=None):
     """RAW patches in [0, 1] for sRGB patches (B, P, P, 3) in [0, 1], by conditional
     sampling; `noise` is the start x_T in the model's [-1, 1] space."""
     cond = to_model_range(jnp.asarray(inputs, jnp.float32))

@@ -275,7 +275,7 @@ class DTDMTask(Task):
   def nfe(self, options):
     return int(options.steps)
 
-  def predict(self, params, inputs, rng, options, noise=None):
+  def predict(self, params, inputs, rng, options, noise=None, camera=None):
     """y_hat in [0, 1] for condition patches (B, P, P, 3) in [0, 1] (the RAW for raw2rgb,
     the sRGB for rgb2raw); x = the estimator's output on them (G(w) for raw2rgb)."""
     cond01 = jnp.asarray(inputs, jnp.float32)

@@ -128,7 +128,7 @@ class FlowISPTask(Task):
            else self.flow.inverse(params, rgb))
     return jnp.clip(out, 0.0, 1.0) if clip else out
 
-  def predict(self, params, inputs, rng, options, noise=None):
+  def predict(self, params, inputs, rng, options, noise=None, camera=None):
     """RAW patches (B, P, P, 3) in [0, 1] for sRGB patches: the inverse pass (deterministic).
     A video flow treats each still as a clip of W identical frames."""
     del rng, options, noise

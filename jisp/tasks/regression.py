@@ -59,7 +59,7 @@ class RegressionTask(Task):
     return {"loss": jnp.mean(jnp.abs(out - batch[self.dst])),
             "psnr": metrics.batch_psnr(out, batch[self.dst])}
 
-  def predict(self, params, inputs, rng, options, noise=None):
+  def predict(self, params, inputs, rng, options, noise=None, camera=None):
     """The mapped image in [0, 1] (deterministic: rng and noise are unused)."""
     del rng, options, noise
     return jnp.clip(self.apply(params, jnp.asarray(inputs, jnp.float32)), 0.0, 1.0)

@@ -182,7 +182,7 @@ class SSDNetTask(Task):
     return microbatch.microbatched(lambda xx, zz: self._predict_once(params, xx, zz, options),
                                    options.net_chunk)(x, z)
 
-  def predict(self, params, inputs, rng, options, noise=None):
+  def predict(self, params, inputs, rng, options, noise=None, camera=None):
     """RAW in [0, 1] for sRGB (B, P, P, 3): packed (B, P/2, P/2, 4) or (B, P, P, 3).
 
     sampler "none" needs no sigma params (training-resampling drops the head). noise:

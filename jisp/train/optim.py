@@ -18,6 +18,13 @@ def make_lr_schedule(ocfg, num_steps: int):
     return optax.join_schedules(
         [optax.linear_schedule(0.0, ocfg.peak_lr, ocfg.warmup_steps),
          optax.constant_schedule(ocfg.peak_lr)], [ocfg.warmup_steps])
+  if ocfg.schedule == "constant_cosine":
+    # SSDNet (Restormer's schedule): constant, then a cosine to end_lr over cosine_steps.
+    peak = ocfg.peak_lr
+    return optax.join_schedules(
+        [optax.constant_schedule(peak),
+         optax.cosine_decay_schedule(peak, int(ocfg.cosine_steps), alpha=ocfg.end_lr / peak)],
+        [int(ocfg.constant_steps)])
   if ocfg.schedule == "piecewise_constant":
     # torch's MultiStepLR (the official InvISP schedule): multiply at each milestone.
     return optax.piecewise_constant_schedule(
@@ -29,10 +36,11 @@ def make_lr_schedule(ocfg, num_steps: int):
 def make_optimizer(ocfg, num_steps: int):
   """Returns (GradientTransformation, lr_schedule)."""
   lr = make_lr_schedule(ocfg, num_steps)
+  eps = float(ocfg.get("eps", 1e-8))
   if ocfg.name == "adam":
-    opt = optax.adam(lr, b1=ocfg.b1, b2=ocfg.b2)
+    opt = optax.adam(lr, b1=ocfg.b1, b2=ocfg.b2, eps=eps)
   elif ocfg.name == "adamw":
-    opt = optax.adamw(lr, b1=ocfg.b1, b2=ocfg.b2, weight_decay=ocfg.weight_decay)
+    opt = optax.adamw(lr, b1=ocfg.b1, b2=ocfg.b2, eps=eps, weight_decay=ocfg.weight_decay)
   else:
     raise ConfigError(f"bad value for config key 'optim.name': {ocfg.name!r} (adam, adamw)")
   chain = []

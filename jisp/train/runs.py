@@ -15,7 +15,8 @@ import ml_collections
 
 from jisp import tasks
 from jisp.core.camera import CameraProfile
-from jisp.core.errors import ConfigError, DataError, RunError
+from jisp.core.config import load as load_config_spec
+from jisp.core.errors import ConfigError, DataError, OptionError, RunError
 from jisp.core.fileio import load_manifest, read_json
 from jisp.tasks.base import TaskInputs
 from jisp.train import checkpoint
@@ -84,6 +85,20 @@ def load_run(workdir, use_ema: bool = True, *, _loading: tuple = ()) -> Run:
   task = build_task(config, _loading=_loading or (workdir,))
   step, params = checkpoint.restore_params(workdir, task, use_ema=use_ema)
   return Run(workdir, config, task, int(step), params)
+
+
+# Methods that need no training, usable wherever a run is (`--method NAME`).
+BASELINES = {"upi": "upi.py"}
+
+
+def baseline_run(name: str, overrides=()) -> Run:
+  """A run of a method with nothing to train (its initial parameters), no workdir."""
+  if name not in BASELINES:
+    raise OptionError(f"unknown method {name!r} (methods without training: "
+                      f"{', '.join(BASELINES)})")
+  config = load_config_spec(BASELINES[name], overrides)
+  task = build_task(config)
+  return Run(None, config, task, 0, random_params(task))
 
 
 def random_params(task, seed: int = 0):
