@@ -70,6 +70,24 @@ def test_inter_frames_and_crf(photo):
   assert q[0] > q[1] > q[2], q
 
 
+def test_p_frames_code_the_residual_of_the_decoded_reference(photo):
+  # Zero motion and jitter: a P frame's prediction is the decoded previous frame itself.
+  # On a static scene its residual is frame 0's own coding error, mostly under the steps of
+  # a coarse CRF, so frame 1 decodes to (nearly) frame 0's decoded image. Predicting from
+  # the original frame instead would code a zero residual and return the original.
+  kw = dict(intra_prob=0.0, max_motion=0.0, jitter=0.0, rounding="round")
+  dec, _ = codec.simulate(jnp.stack([photo] * 2)[None], jax.random.PRNGKey(4), crf=35, **kw)
+  d0, d1 = np.asarray(dec[0, 0]), np.asarray(dec[0, 1])
+  assert np.abs(d1 - d0).mean() < 0.2 * np.abs(d0 - photo).mean()
+  # Content that moved while the prediction did not: the coded residual, not the prediction
+  # alone, makes the decoded frame (the prediction is the decoded frame 0, unshifted).
+  moved = jnp.roll(photo, 2, axis=1)
+  dec, _ = codec.simulate(jnp.stack([photo, moved])[None], jax.random.PRNGKey(5), crf=18, **kw)
+  d0, d1 = dec[0, 0], dec[0, 1]
+  assert psnr(d1, moved) > psnr(d0, moved) + 5.0
+  assert psnr(d1, moved) > 30.0
+
+
 def test_codec_gradient(photo):
   frames = jnp.stack([photo[:64, :64]] * 3)[None]
   g = jax.grad(lambda f: jnp.sum(codec.simulate(f, jax.random.PRNGKey(3), crf=30,
@@ -123,7 +141,8 @@ def test_video_flow_window_inverse_and_sliding():
 
 
 def test_video_task_loss_and_grad(repo_root):
-  from jisp.config_utils import load
+  from helpers import options
+  from jisp.core.config import load
   from jisp.tasks.flow_isp import FlowISPTask
   cfg = load(repo_root / "configs" / "invisp_video_tiny.py",
              ["--config.model.growth=4", "--config.batch_size=2"])
@@ -137,5 +156,5 @@ def test_video_task_loss_and_grad(repo_root):
   assert np.isfinite(float(loss)) and float(aux["raw_l1"]) > 0
   norms = [float(jnp.linalg.norm(x)) for x in jax.tree.leaves(g)]
   assert all(np.isfinite(norms)) and sum(n > 0 for n in norms) > 0.9 * len(norms)
-  out = task.predict(p, batch["rgb"][:, :24, :24])
+  out = task.predict(p, batch["rgb"][:, :24, :24], jax.random.PRNGKey(2), options(task))
   assert out.shape == (2, 24, 24, 3)

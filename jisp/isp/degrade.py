@@ -8,9 +8,9 @@ colour consistency with y". Each operation here is chosen to preserve local mean
   resize  down by a random factor r and back up, as one separable linear operator whose
           rows sum to 1 (triangle antialias filter down, linear interpolation up);
   noise   zero-mean Gaussian or signal-dependent (Poisson-like) noise, grey or per channel;
-  JPEG    8-bit rounding, YCbCr (JFIF), 4:2:0 chroma by 2x2 averaging, 8x8 DCT quantised
-          with the standard tables scaled by a random quality (IJG formula); hard rounding,
-          since nothing differentiates through D^2;
+  JPEG    libjpeg's round trip (jisp.isp.jpeg with its 8-bit arithmetic and hard
+          rounding, since nothing differentiates through D^2): YCbCr, 4:2:0, the standard
+          tables at a random integer quality;
   finally the per-image channel means are set back to those of y (`match_mean`), which
   removes the small shifts that clipping and quantisation leave.
 
@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+
+from jisp.isp import jpeg as jpeg_lib
 
 
 @struct.dataclass
@@ -135,81 +137,14 @@ def add_noise(key, img, sigma255, poisson_scale, use_poisson, gray):
 
 # ---------------------------------------------------------------------------- JPEG
 
-_LUMA_Q = np.array([
-    [16, 11, 10, 16, 24, 40, 51, 61], [12, 12, 14, 19, 26, 58, 60, 55],
-    [14, 13, 16, 24, 40, 57, 69, 56], [14, 17, 22, 29, 51, 87, 80, 62],
-    [18, 22, 37, 56, 68, 109, 103, 77], [24, 35, 55, 64, 81, 104, 113, 92],
-    [49, 64, 78, 87, 103, 121, 120, 101], [72, 92, 95, 98, 112, 100, 103, 99]], np.float32)
-_CHROMA_Q = np.full((8, 8), 99.0, np.float32)
-_CHROMA_Q[:4, :4] = [[17, 18, 24, 47], [18, 21, 26, 66], [24, 26, 56, 99], [47, 66, 99, 99]]
-
-_RGB2YCC = np.array([[0.299, 0.587, 0.114],
-                     [-0.168736, -0.331264, 0.5],
-                     [0.5, -0.418688, -0.081312]], np.float32)
-_YCC2RGB = np.linalg.inv(_RGB2YCC).astype(np.float32)
-
-
-def _dct_matrix() -> np.ndarray:
-  k = np.arange(8)[:, None]
-  n = np.arange(8)[None, :]
-  c = np.cos(np.pi * (2 * n + 1) * k / 16) * np.sqrt(2 / 8)
-  c[0] /= np.sqrt(2)
-  return c.astype(np.float32)
-
-
-_DCT = _dct_matrix()
-
-
-def quality_table(table, quality):
-  """IJG scaling of a base table to `quality` in [1, 100] (traced values allowed)."""
-  q = jnp.clip(quality, 1.0, 100.0)
-  scale = jnp.where(q < 50, 5000.0 / q, 200.0 - 2.0 * q)
-  return jnp.clip(jnp.floor((table * scale + 50.0) / 100.0), 1.0, 255.0)
-
-
-def _quantise_plane(plane, qtable):
-  """(H, W) in 0..255 with H, W multiples of 8 -> DCT-quantised and back."""
-  h, w = plane.shape
-  b = (plane - 128.0).reshape(h // 8, 8, w // 8, 8).transpose(0, 2, 1, 3)
-  c = jnp.einsum("ki,abij,lj->abkl", _DCT, b, _DCT)
-  c = jnp.round(c / qtable) * qtable
-  b = jnp.einsum("ki,abkl,lj->abij", _DCT, c, _DCT)
-  return b.transpose(0, 2, 1, 3).reshape(h, w) + 128.0
-
-
-def _fancy_up(plane):
-  """2x chroma upsampling as libjpeg's "fancy" (triangle) filter: 3/4 near + 1/4 far."""
-  def up(a, axis):
-    prev = jnp.concatenate([jnp.take(a, jnp.array([0]), axis), jnp.delete(a, -1, axis)], axis)
-    nxt = jnp.concatenate([jnp.delete(a, 0, axis), jnp.take(a, jnp.array([-1]), axis)], axis)
-    even, odd = 0.75 * a + 0.25 * prev, 0.75 * a + 0.25 * nxt
-    out = jnp.stack([even, odd], axis=axis + 1)
-    shape = list(a.shape)
-    shape[axis] *= 2
-    return out.reshape(shape)
-  return up(up(plane, 0), 1)
-
-
 def jpeg(img, quality):
-  """JPEG round trip of (H, W, 3) in [0, 1] at `quality` (4:2:0, standard tables)."""
-  h, w = img.shape[:2]
-  ph, pw = (-h) % 16, (-w) % 16                     # whole 16x16 MCUs (4:2:0)
-  x = jnp.pad(img, ((0, ph), (0, pw), (0, 0)), mode="edge")
-  x = jnp.round(jnp.clip(x, 0.0, 1.0) * 255.0)      # the encoder sees 8-bit pixels
-  ycc = jnp.einsum("hwc,kc->hwk", x, _RGB2YCC) + jnp.array([0.0, 128.0, 128.0])
-  H, W = x.shape[:2]
-  lq = quality_table(_LUMA_Q, quality)
-  cq = quality_table(_CHROMA_Q, quality)
-  y = _quantise_plane(ycc[..., 0], lq)
-  chans = [y]
-  for c in (1, 2):
-    sub = ycc[..., c].reshape(H // 2, 2, W // 2, 2).mean(axis=(1, 3))
-    sub = _quantise_plane(sub, cq)
-    chans.append(_fancy_up(sub))
-  ycc = jnp.stack(chans, axis=-1) - jnp.array([0.0, 128.0, 128.0])
-  rgb = jnp.einsum("hwk,ck->hwc", ycc, _YCC2RGB)
-  rgb = jnp.clip(jnp.round(rgb), 0.0, 255.0) / 255.0  # the decoder writes 8-bit pixels
-  return rgb[:h, :w]
+  """JPEG round trip of (H, W, 3) in [0, 1] at `quality` (4:2:0, standard tables), as
+  libjpeg computes it up to its integer DCT: jisp.isp.jpeg with hard rounding and 8-bit
+  arithmetic (8-bit pixels in and out). A real-valued quality is rounded, as libjpeg's is
+  an integer.
+  """
+  return jpeg_lib.jpeg_simulate(img, quality, subsampling="4:2:0", rounding="round",
+                                integer_samples=True)
 
 
 # ---------------------------------------------------------------------------- D^2
