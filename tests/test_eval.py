@@ -104,7 +104,7 @@ def test_eval_prepared_folder_uses_its_test_split(setup, tmp_path):
   assert _eval("--workdir", wd, "--data", tmp_path, "--json", "--sampler", "ddim", "--steps",
                "2", "--tiling-report", "--max-batch", "32", "--overlap", "8", "--eta", "1") == 0
   res = json.loads((wd / "eval" / "results.json").read_text())
-  assert res["sampler_options"] == {"eta": 1.0}
+  assert res["sampler_options"] == {"eta": 1.0, "spacing": "trailing"}
   assert [e["file"] for e in res["images"]] == [str(raws[0]), str(raws[2])]
   names = [s["name"] for s in res["settings"]]
   assert names == ["grid", "overlap8", "overlap8+shared"]

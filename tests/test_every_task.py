@@ -72,6 +72,10 @@ def test_task_through_every_command(case, raws, photo, tmp_path, capsys):
              "--no-progress", *opts) == 0
   res = json.loads((wd / "eval" / "results.json").read_text())
   assert res["n_images"] == 2 and math.isfinite(res["mean_raw_psnr"])
+  if res.get("video"):  # a video flow: per-frame RAW PSNR and temporal consistency
+    per_file = list(res["files"].values())
+    assert all(len(f["raw_psnr_per_frame"]) == res["frames"] > 1 for f in per_file)
+    assert math.isfinite(res["temporal_psnr"]) and res["bpp"] > 0
   assert (wd / "eval" / "report.png").stat().st_size > 0
   capsys.readouterr()
 

@@ -4,6 +4,8 @@ argparse only at import time: `jisp --help` must not start jax.
 """
 from __future__ import annotations
 
+import argparse
+
 NET_CHUNK_HELP = ("network micro-batch: patches per network call inside the compiled "
                   "predict, a multiple of the devices; 'auto' = 2 per device on CPU "
                   "(cache-sized), the whole batch on accelerators; 'none' = the whole batch")
@@ -33,6 +35,25 @@ def add_predict_args(p, steps_flag: bool = True):
                       "strided grid (also DTDM's eta)")
   p.add_argument("--no-clip", action="store_true",
                  help="do not clip each network call's implied clean image to the data range")
+  p.add_argument("--variance", default=None, choices=("beta", "beta_tilde"),
+                 help="DDPM's sigma^2: beta (the DDPM paper) or beta-tilde (default: config)")
+  p.add_argument("--spacing", default=None, choices=("trailing", "leading"),
+                 help="DDIM's timestep grid: leading is the original DDIM code's")
+  p.add_argument("--order", type=int, default=None, choices=(1, 2, 3),
+                 help="DPM-Solver's order")
+  p.add_argument("--skip", default=None, choices=("logSNR", "time_uniform", "time_quadratic"),
+                 help="DPM-Solver's step spacing")
+  p.add_argument("--final-denoise", dest="denoise_to_zero", default=None,
+                 action=argparse.BooleanOptionalAction,
+                 help="DPM-Solver's extra x0 evaluation at t=1 (jisp's default; the official "
+                      "code has none)")
+  p.add_argument("--start-step", type=int, default=None,
+                 help="start the chain at this timestep (DTDM: DiffRAW's x_93 protocol)")
+  p.add_argument("--preset", default=None, choices=("paper",),
+                 help="'paper': the DDPM paper's Table 3 samplers as published (with "
+                      "--sampler ddpm | ddim | dpm_solver: DDPM-1000 sigma^2=beta clipped, "
+                      "DDIM-200 leading eta=0 unclipped, DPM-Solver-3 20 NFE unclipped); "
+                      "explicit flags still win")
   p.add_argument("--devices", type=int, default=None, help="devices to shard over (all)")
   p.add_argument("--net-chunk", default="auto", metavar="N|auto|none", help=NET_CHUNK_HELP)
   p.add_argument("--seed", type=int, default=0)
@@ -57,6 +78,9 @@ def add_run_args(p, out_help=None):
   p.add_argument("--workdir", default=None, help="training run (config.json + checkpoints)")
   p.add_argument("--method", default=None, metavar="NAME",
                  help="instead of a trained run: a method without training ('upi')")
+  p.add_argument("--params", default="ema", choices=("ema", "raw"),
+                 help="the run's EMA parameters (default) or its raw ones (the papers use "
+                      "no EMA)")
   return p
 
 
@@ -66,14 +90,28 @@ def load_run(args):
   from jisp.train import runs
   if bool(args.workdir) == bool(args.method):
     raise OptionError("give --workdir (a trained run) or --method (e.g. upi), not both")
-  return runs.load_run(args.workdir) if args.workdir else runs.baseline_run(args.method)
+  if args.workdir:
+    return runs.load_run(args.workdir, use_ema=getattr(args, "params", "ema") == "ema")
+  return runs.baseline_run(args.method)
 
 
 def predict_options(args):
-  """PredictOptions of the parsed sampler flags."""
-  from jisp.tasks.base import PredictOptions
-  return PredictOptions(sampler=args.sampler, steps=getattr(args, "steps", None),
-                        eta=args.eta, clip_x0=not getattr(args, "no_clip", False))
+  """PredictOptions of the parsed sampler flags (a preset first, explicit flags over it)."""
+  import dataclasses
+  from jisp.core.errors import OptionError
+  from jisp.tasks.base import PRESETS, PredictOptions
+  given = dict(sampler=args.sampler, steps=getattr(args, "steps", None), eta=args.eta,
+               clip_x0=False if args.no_clip else None, variance=args.variance,
+               spacing=args.spacing, order=args.order, skip=args.skip,
+               denoise_to_zero=args.denoise_to_zero, start_step=args.start_step)
+  if not args.preset:
+    return PredictOptions(**given)
+  sampler = args.sampler or "ddpm"
+  if sampler not in PRESETS[args.preset]:
+    raise OptionError(f"--preset {args.preset} has the samplers "
+                      f"{', '.join(PRESETS[args.preset])}, not {sampler!r}")
+  base = PRESETS[args.preset][sampler]
+  return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
 
 
 def make_predictor(run, args):

@@ -25,4 +25,5 @@ def get_config():
   c.diffusion.prediction = "v"
   c.sampling.sampler = "ddim"
   c.sampling.steps = 50
+  c.sampling.variance = "beta_tilde"  # what README's DDPM-1000 figures for this size used
   return c

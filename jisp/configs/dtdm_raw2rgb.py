@@ -16,8 +16,14 @@ or use --config.dtdm.estimator=upi (UPI's forward process, no learning).
 """
 import ml_collections
 
+from jisp.core.config import parse_arg
 
-def get_config():
+
+def get_config(arg=None):
+  """Arguments: condition=w+c|w|none (DiffRAW Fig. 3: what the network sees besides m_t),
+  color=x|upi (the test-time colour-position condition c: the estimate x itself, as in
+  the paper, or UPI's rendering; training always has c = x)."""
+  a = parse_arg(arg, condition="w+c", color="x")
   c = ml_collections.ConfigDict()
   c.task = "dtdm"
   c.seed = 0
@@ -44,7 +50,8 @@ def get_config():
   c.model.attention_stages = (False, False, True, True)
   c.model.num_groups = 32
   c.model.dropout = 0.0
-  c.model.in_channels = 9      # m_t (3) + RAW condition w (3) + colour condition c = x (3)
+  # m_t (3) + RAW condition w (3) + colour condition c (3); fewer with dtdm.condition
+  c.model.in_channels = 3 * (1 + len(a.condition.split("+")) if a.condition != "none" else 1)
   c.model.out_channels = 3
   c.model.dtype = "float32"
 
@@ -59,6 +66,8 @@ def get_config():
   c.dtdm.process = "dtdm"          # "ddpm": the plain-DDPM ablation, same net and data
   c.dtdm.s = 100
   c.dtdm.eta = 1.0                 # 1: the posterior's beta-tilde noise (Algorithm 2)
+  c.dtdm.condition = a.condition   # "w+c" (the paper), "w", "none": Fig. 3's ablation
+  c.dtdm.color = a.color           # test-time c: "x" (c = x, the paper) or "upi"
   c.dtdm.estimator = "regression"  # test-time G: "regression" (trained run) or "upi"
   c.dtdm.estimator_workdir = ""
   c.dtdm.upi_profile = "auto"      # manifest of data.dir if any, else UPI's mean camera

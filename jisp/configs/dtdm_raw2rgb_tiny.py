@@ -6,8 +6,8 @@ dtdm.estimator=regression + dtdm.estimator_workdir to use a trained regression_r
 from jisp.configs import dtdm_raw2rgb
 
 
-def get_config():
-  c = dtdm_raw2rgb.get_config()
+def get_config(arg=None):
+  c = dtdm_raw2rgb.get_config(arg)  # arguments as dtdm_raw2rgb.py (condition, color)
   c.batch_size = 16
   c.num_steps = 300
   c.log_every = 10

@@ -10,8 +10,8 @@ T=2000, s=100 and optimiser (Adam 1e-4, 10k warm-up), batch 32.
 from jisp.configs import dtdm_raw2rgb
 
 
-def get_config():
-  c = dtdm_raw2rgb.get_config()
+def get_config(arg=None):
+  c = dtdm_raw2rgb.get_config(arg)  # arguments as dtdm_raw2rgb.py (condition, color)
   c.dtdm.direction = "rgb2raw"
   c.dtdm.estimator = "upi"
   c.data.patch_size = 64

@@ -2,8 +2,8 @@
 from jisp.configs import dtdm_raw2rgb_tiny
 
 
-def get_config():
-  c = dtdm_raw2rgb_tiny.get_config()
+def get_config(arg=None):
+  c = dtdm_raw2rgb_tiny.get_config(arg)  # arguments as dtdm_raw2rgb.py (condition, color)
   c.dtdm.direction = "rgb2raw"
   c.dtdm.estimator = "upi"
   return c

@@ -19,6 +19,10 @@ Arguments (`--config invisp_fivek.py:ARG`, comma-separated) give the paper's abl
   sim=jpeg|none        "w/o JPEG simulation" (Table 1): no simulator between the passes;
                        still tested on real JPEGs
   rounding=fourier|dsq "JPEG with DSQ" (Table 1): Differentiable Soft Quantization
+  jpeg=libjpeg|diffjpeg  the simulator: jisp's, which follows libjpeg (tables scaled as
+                       libjpeg does, fancy chroma upsampling), or the official code's
+                       DiffJPEG (transposed real-valued tables, repeated chroma samples,
+                       always 4:2:0, Fourier K = 9), further from a real JPEG
 Batch 1 cannot be split over several devices: on a multi-device host use
 JISP_CPU_DEVICES=1 (CPU) or one GPU, or raise batch_size to the device count.
 
@@ -40,7 +44,8 @@ def schedule(train_files):
 
 
 def get_config(arg=None):
-  a = parse_arg(arg, camera="nikon", blocks=8, q=90, sim="jpeg", rounding="fourier")
+  a = parse_arg(arg, camera="nikon", blocks=8, q=90, sim="jpeg", rounding="fourier",
+                jpeg="libjpeg")
   if a.camera not in TRAIN_FILES:
     raise ValueError(f"camera must be one of {sorted(TRAIN_FILES)}, got {a.camera!r}")
   files = TRAIN_FILES[a.camera]
@@ -76,9 +81,11 @@ def get_config(arg=None):
 
   c.jpeg = ml_collections.ConfigDict()
   c.jpeg.quality = a.q
-  c.jpeg.subsampling = "4:2:0"
+  c.jpeg.subsampling = "4:2:2"      # the official code: PIL subsampling=1, simulator and test JPEGs
   c.jpeg.rounding = a.rounding     # fourier | ste | dsq | cubic | round
-  c.jpeg.fourier_terms = 10
+  c.jpeg.fourier_terms = 9 if a.jpeg == "diffjpeg" else 10
+  c.jpeg.variant = a.jpeg          # libjpeg (jisp's) | diffjpeg (the official code's)
+  c.jpeg.integer_samples = False   # True: libjpeg's 8-bit colour/chroma arithmetic as well
   c.jpeg.dsq_k = 10.0
 
   # Video InvISP (window > 1, odd): clips cut from still patches by random pan/zoom; see

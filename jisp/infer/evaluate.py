@@ -165,6 +165,8 @@ def evaluate_roundtrip(run, files, protocol, log=None) -> tuple[dict, list]:
   quality, subsampling = roundtrip.jpeg_settings(run.config)
   loaded, skipped = _load_all(files, protocol, log)
   pair_list = [dict(name=p.name, **pair) for p, pair in loaded]
+  if run.task.io.window > 1:
+    return _evaluate_video(run, pair_list, protocol, quality, subsampling, skipped, log)
   t0 = time.perf_counter()
   res = roundtrip.evaluate_pairs(run.task, run.params, pair_list, quality=quality,
                                  subsampling=subsampling)
@@ -190,6 +192,26 @@ def evaluate_roundtrip(run, files, protocol, log=None) -> tuple[dict, list]:
       "jpeg_quality": quality, "jpeg_subsampling": subsampling, "files": res["files"],
   }
   return results, rows
+
+
+def _evaluate_video(run, pair_list, protocol, quality, subsampling, skipped, log):
+  t0 = time.perf_counter()
+  res = roundtrip.evaluate_video_pairs(run.task, run.params, pair_list, quality=quality,
+                                       subsampling=subsampling)
+  secs = (time.perf_counter() - t0) / len(pair_list)
+  if log:
+    for name, r in res["files"].items():
+      log(f"{name}: RAW PSNR {r['raw_psnr']:.2f} dB over {res['frames']} frames (motion-JPEG "
+          f"q{quality} {subsampling} of the rendering), temporal PSNR {r['temporal_psnr']:.2f} dB")
+  results = {
+      "workdir": run.workdir, "step": run.step, "task": run.task.name, "target": "raw",
+      "protocol": protocol, "video": True, "n_images": len(pair_list), "skipped": skipped,
+      "mean_raw_psnr": res["raw_psnr"], "temporal_psnr": res["temporal_psnr"],
+      "frames": res["frames"], "seconds_per_image": secs, "bpp": res["bpp"],
+      "jpeg_quality": quality, "jpeg_subsampling": subsampling, "files": res["files"],
+      "rgb_metrics": None,
+  }
+  return results, []
 
 
 def target_name(io) -> str:
@@ -220,6 +242,11 @@ def tiling_table(settings) -> str:
 
 def summary_lines(results: dict) -> list[str]:
   """What `jisp eval` prints for humans."""
+  if results.get("video"):
+    return [f"RAW PSNR {results['mean_raw_psnr']:.2f} dB per frame ({results['frames']} "
+            f"frames, motion-JPEG q{results['jpeg_quality']} {results['jpeg_subsampling']}), "
+            f"temporal PSNR {results['temporal_psnr']:.2f} dB; {results['bpp']:.2f} bpp; "
+            f"{results['n_images']} clips"]
   if results.get("rgb_metrics"):
     return [f"RAW PSNR {results['mean_raw_psnr']:.2f} dB from a real JPEG "
             f"q{results['jpeg_quality']} {results['jpeg_subsampling']} of the rendering; "

@@ -44,7 +44,10 @@ class IOSpec:
   conditions: what the network conditions on, in words (for help texts and reports).
   noise_channels: channels of the per-patch start noise `predict` takes (0: none, the
   task is deterministic). camera: predict uses the target camera's features
-  (jisp.core.camera.camera_features, with a leading batch axis).
+  (jisp.core.camera.camera_features, with a leading batch axis). out_scale: the output
+  is 1/out_scale of the input's resolution, (B, P/s, P/s, out_channels) (2: packed RAW at
+  half the sRGB's resolution, the AIM protocol); tiling keeps patch positions on
+  multiples of it.
   """
   source: str
   target: str
@@ -55,6 +58,13 @@ class IOSpec:
   conditions: tuple = ()
   noise_channels: int = 0
   camera: bool = False
+  window: int = 1       # frames a video task sees at once (1: still images)
+  out_scale: int = 1
+
+  @property
+  def out_patch(self) -> int:
+    """Side of one output patch."""
+    return self.patch // self.out_scale
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,18 +73,27 @@ class PredictOptions:
 
   sampler/steps: the sampler and its network evaluations (None: the task's default).
   eta: DDIM's (and DTDM's) noise scale. clip_x0: keep every network call's implied clean
-  image in the data range. start: where DTDM's plain-DDPM arms begin ("estimate" or
-  "noise"). start_step: begin the chain at this timestep (benchmarks time a prefix of a
-  long sampler). net_chunk: evaluate the network that many patches at a time (global,
-  a multiple of the devices; None: the whole batch).
+  image in the data range (None: the task's default). start: where DTDM's plain-DDPM arms
+  begin ("estimate" or "noise"). start_step: begin the chain at this timestep (benchmarks
+  time a prefix of a long sampler; DTDM: the paper's x_93 protocol). net_chunk: evaluate
+  the network that many patches at a time (global, a multiple of the devices; None: the
+  whole batch). The solver settings (None: the config's `sampling` block): variance
+  "beta" | "beta_tilde" (DDPM's sigma^2), spacing "trailing" | "leading" (DDIM's grid),
+  order 1-3 and skip "logSNR" | "time_uniform" | "time_quadratic" (DPM-Solver),
+  denoise_to_zero (DPM-Solver's final x0 evaluation at t=1).
   """
   sampler: str | None = None
   steps: int | None = None
   eta: float | None = None
-  clip_x0: bool = True
+  clip_x0: bool | None = None
   start: str | None = None
   start_step: int | None = None
   net_chunk: int | None = None
+  variance: str | None = None
+  spacing: str | None = None
+  order: int | None = None
+  skip: str | None = None
+  denoise_to_zero: bool | None = None
 
   def replace(self, **kw) -> "PredictOptions":
     return dataclasses.replace(self, **kw)
@@ -84,6 +103,21 @@ class PredictOptions:
     return {k: v for k, v in dataclasses.asdict(self).items()
             if v is not None and k not in ("sampler", "steps", "net_chunk")
             and not (k == "clip_x0" and v)}
+
+
+# What the DDPM paper's Table 3 ran, as published ("original implementations"): DDPM-1000
+# with sigma^2 = beta and x0 clipping (Ho et al.), DDIM-200 on the leading grid with eta = 0
+# and no clipping (Song et al.), DPM-Solver-3 with 20 NFE, logSNR steps, ending at t = 1
+# with no final denoising and no clipping (Lu et al.'s official code).
+PRESETS = {
+    "paper": {
+        "ddpm": PredictOptions(sampler="ddpm", variance="beta", clip_x0=True),
+        "ddim": PredictOptions(sampler="ddim", steps=200, eta=0.0, spacing="leading",
+                               clip_x0=False),
+        "dpm_solver": PredictOptions(sampler="dpm_solver", steps=20, order=3, skip="logSNR",
+                                     denoise_to_zero=False, clip_x0=False),
+    },
+}
 
 
 DETERMINISTIC = PredictOptions(sampler="none")
@@ -158,18 +192,19 @@ class Task(abc.ABC):
     The default suits deterministic tasks: no sampler, steps or eta.
     """
     options = options or PredictOptions()
-    if options.sampler not in (None, "none") or options.steps is not None or \
-        options.eta is not None or options.start is not None:
+    solver = (options.steps, options.eta, options.start, options.variance, options.spacing,
+              options.order, options.skip, options.denoise_to_zero)
+    if options.sampler not in (None, "none") or any(v is not None for v in solver):
       raise OptionError(f"task {self.name!r} maps its input in one deterministic pass: "
-                        "sampler, steps, eta and start do not apply")
+                        "sampler options (steps, eta, ...) do not apply")
     return options.replace(sampler="none")
 
   @abc.abstractmethod
   def predict(self, params: Params, inputs: jax.Array, rng: jax.Array,
               options: PredictOptions, noise: jax.Array | None = None,
               camera: dict | None = None) -> jax.Array:
-    """Outputs (B, P, P, io.out_channels) in [0, 1] for inputs (B, P, P, io.in_channels)
-    in [0, 1]. `options` come from `resolve_options`. noise: the start noise
+    """Outputs (B, P/s, P/s, io.out_channels) in [0, 1] (s = io.out_scale, usually 1) for
+    inputs (B, P, P, io.in_channels) in [0, 1]. `options` come from `resolve_options`. noise: the start noise
     (B, P, P, io.noise_channels) of a sampling task (drawn from rng when None; tiled
     reconstruction passes its own to share it per pixel). camera: the target camera's
     features with a leading batch axis (tasks with io.camera; None: the task's default).
@@ -204,6 +239,14 @@ class Task(abc.ABC):
   def render(self, params: Params, raw: jax.Array) -> jax.Array:
     """RAW -> sRGB rendering in [0, 1]; only for io.direction == "both"."""
     raise NotImplementedError(f"task {self.name!r} does not render RAW to sRGB")
+
+  def render_video(self, params: Params, raw_frames: jax.Array) -> jax.Array:
+    """(T, H, W, 3) RAW video -> sRGB video; only for io.direction == "both", window > 1."""
+    raise NotImplementedError(f"task {self.name!r} does not render videos")
+
+  def predict_video(self, params: Params, rgb_frames: jax.Array) -> jax.Array:
+    """(T, H, W, 3) decoded sRGB video -> RAW video; only for io.window > 1."""
+    raise NotImplementedError(f"task {self.name!r} does not invert videos")
 
 
 def abstract(tree):

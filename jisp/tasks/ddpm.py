@@ -23,31 +23,55 @@ def from_model_range(x):
   return jnp.clip((x + 1.0) * 0.5, 0.0, 1.0)
 
 
+# The solver settings of `sampling` blocks (and PredictOptions): name -> (default, choices).
+SOLVER_SETTINGS = {
+    "clip_x0": (True, (True, False)),
+    "variance": ("beta_tilde", ("beta_tilde", "beta")),
+    "spacing": ("trailing", ("trailing", "leading")),
+    "order": (3, (1, 2, 3)),
+    "skip": ("logSNR", ("logSNR", "time_uniform", "time_quadratic")),
+    "denoise_to_zero": (True, (True, False)),
+}
+# Which sampler each setting belongs to (clip_x0 applies to all).
+_SETTING_OF = {"variance": ("ddpm",), "spacing": ("ddim",), "order": ("dpm_solver",),
+               "skip": ("dpm_solver", "dpm_solver_pp"),
+               "denoise_to_zero": ("dpm_solver", "dpm_solver_pp")}
+
+
 def sampler_kwargs(options: PredictOptions) -> dict:
   """`samplers.sample` keyword arguments of resolved options.
 
   steps = network evaluations of the solver: "ddpm" runs all T steps (steps is None);
-  "ddim" takes `steps` grid points; the DPM-Solvers take `steps` NFE and one more
-  evaluation that returns the x0-prediction at t=1: they stop at t=1, where x still holds
-  noise of std sqrt(beta_1) (0.02 of the [0, 1] range here, a ~34 dB ceiling on RAW
-  PSNR), which the extra evaluation removes.
+  "ddim" takes `steps` grid points; the DPM-Solvers take `steps` NFE and, with
+  denoise_to_zero (jisp's default), one more evaluation that returns the x0-prediction at
+  t=1: they stop at t=1, where x still holds noise of std sqrt(beta_1) (0.02 of the [0, 1]
+  range here, a ~34 dB ceiling on RAW PSNR), which the extra evaluation removes.
   """
   kw = {}
   if options.start_step is not None:
     kw["start_step"] = int(options.start_step)
   if options.sampler == "ddpm":
+    kw["variance"] = options.variance
     return kw
   kw["num_steps"] = int(options.steps)
-  if options.sampler == "ddim" and options.eta is not None:
-    kw["eta"] = float(options.eta)
+  if options.sampler == "ddim":
+    kw["spacing"] = options.spacing
+    if options.eta is not None:
+      kw["eta"] = float(options.eta)
+  if options.sampler == "dpm_solver":
+    kw["order"] = int(options.order)
   if options.sampler in ("dpm_solver", "dpm_solver_pp"):
-    kw["denoise_to_zero"] = True
+    kw["skip"] = options.skip
+    kw["denoise_to_zero"] = bool(options.denoise_to_zero)
   return kw
 
 
 def resolve_sampler_options(options: PredictOptions, default: PredictOptions,
-                            num_timesteps: int, task_name: str) -> PredictOptions:
-  """Fills sampler and steps (the config's default, else DEFAULT_STEPS) and checks them."""
+                            num_timesteps: int, task_name: str, sampling=None
+                            ) -> PredictOptions:
+  """Fills sampler and steps (the config's default, else DEFAULT_STEPS) and the solver
+  settings (options, else the config's `sampling` block, else SOLVER_SETTINGS), and checks
+  them."""
   o = options or PredictOptions()
   if o.start is not None:
     raise OptionError(f"start={o.start!r} is an option of DTDM's DDPM arms, not of {task_name}")
@@ -72,7 +96,23 @@ def resolve_sampler_options(options: PredictOptions, default: PredictOptions,
       raise OptionError(f"eta must be >= 0, got {o.eta}")
   if o.start_step is not None and not 1 <= int(o.start_step) <= num_timesteps:
     raise OptionError(f"start_step must be in 1..{num_timesteps}, got {o.start_step}")
-  return o.replace(sampler=sampler, steps=None if steps is None else int(steps))
+  settings = {}
+  for name, (fallback, choices) in SOLVER_SETTINGS.items():
+    given = getattr(o, name)
+    if name in _SETTING_OF and sampler not in _SETTING_OF[name]:
+      if given is not None:
+        raise OptionError(f"{name} is a setting of {' / '.join(_SETTING_OF[name])}, not of "
+                          f"{sampler}")
+      settings[name] = None
+      continue
+    value = given if given is not None else (sampling.get(name, fallback) if sampling
+                                             else fallback)
+    if value not in choices:
+      where = f"option {name}" if given is not None else f"config key 'sampling.{name}'"
+      raise OptionError(f"bad value for {where}: {value!r} (expected one of "
+                        f"{', '.join(map(str, choices))})")
+    settings[name] = value
+  return o.replace(sampler=sampler, steps=None if steps is None else int(steps), **settings)
 
 
 class DDPMTask(Task):
@@ -136,7 +176,8 @@ class DDPMTask(Task):
 
   def resolve_options(self, options=None):
     return resolve_sampler_options(options, self.default_options(),
-                                   self.schedule.num_timesteps, self.name)
+                                   self.schedule.num_timesteps, self.name,
+                                   self.config.get("sampling"))
 
   def predict(self, params, inputs, rng, options, noise=None, camera=None):
     """RAW patches in [0, 1] for sRGB patches (B, P, P, 3) in [0, 1], by conditional
@@ -150,10 +191,8 @@ class DDPMTask(Task):
     out = lambda x, t: net(jnp.concatenate([x, cond], axis=-1), t)
     eps = losses.as_eps_fn(out, self.schedule, self.prediction,
                            lambda t: samplers.continuous_alpha_bar(self.schedule, t))
-    if options.clip_x0:
-      eps = samplers.clip_denoised(eps, self.schedule)
     x0 = samplers.sample(options.sampler, eps, self.schedule, noise, sample_rng,
-                         **sampler_kwargs(options))
+                         clip_x0=bool(options.clip_x0), **sampler_kwargs(options))
     return from_model_range(x0)
 
   def nfe(self, options):

@@ -40,6 +40,10 @@ from jisp.tasks.ddpm import to_model_range
 
 DIRECTIONS = {"raw2rgb": ("rgb", "raw"), "rgb2raw": ("raw", "rgb")}  # (target, condition)
 ESTIMATORS = ("upi", "regression")
+# DiffRAW's Fig. 3 ablation: which conditions the network sees besides m_t (w: the input
+# image, c: the colour-position condition).
+CONDITIONS = {"w+c": ("w", "c"), "w": ("w",), "none": ()}
+COLORS = ("x", "upi")  # the test-time c: the estimate x itself (the paper), or UPI's
 PROFILES = ("auto", "mean", "synthetic", "manifest")
 
 
@@ -88,9 +92,21 @@ class DTDMTask(Task):
       raise _bad("dtdm.estimator", d.estimator, "'upi' or 'regression'")
     if d.ddpm_start not in ("estimate", "noise"):
       raise _bad("dtdm.ddpm_start", d.ddpm_start, "'estimate' or 'noise'")
-    if config.model.in_channels != 9 or config.model.out_channels != 3:
-      raise ConfigError("DTDM's network sees concat[m_t, condition, x]: config keys "
-                        "'model.in_channels' must be 9 and 'model.out_channels' 3")
+    condition = d.get("condition", "w+c")
+    if condition not in CONDITIONS:
+      raise _bad("dtdm.condition", condition, " / ".join(CONDITIONS))
+    self.slots = CONDITIONS[condition]
+    self.color = d.get("color", "x")
+    if self.color not in COLORS:
+      raise _bad("dtdm.color", self.color, " / ".join(COLORS))
+    if self.color != "x" and "c" not in self.slots:
+      raise ConfigError(f"config key 'dtdm.color'={self.color!r} needs the c condition "
+                        f"(dtdm.condition='w+c'), got {condition!r}")
+    want = 3 * (1 + len(self.slots))
+    if config.model.in_channels != want or config.model.out_channels != 3:
+      raise ConfigError(f"DTDM's network sees concat[m_t, {', '.join(self.slots) or 'nothing'}] "
+                        f"(dtdm.condition={condition!r}): config keys 'model.in_channels' must "
+                        f"be {want} and 'model.out_channels' 3")
     self.direction = d.direction
     self.process = d.process
     self.target_key, self.cond_key = DIRECTIONS[d.direction]
@@ -107,6 +123,13 @@ class DTDMTask(Task):
     except ValueError as e:
       raise ConfigError(f"config block 'dtdm.degrade': {e}") from None
     self._estimate = self._make_estimator()
+    self._color = self._upi_estimator() if self.color == "upi" else None
+
+  def _upi_estimator(self):
+    """UPI's forward (raw2rgb) or inverse (rgb2raw) with the run's camera profile."""
+    cam = upi.camera_params(upi_cam2rgb(self.config, self.inputs.camera))
+    fwd = upi.raw_to_rgb if self.direction == "raw2rgb" else upi.rgb_to_raw
+    return lambda c: jnp.clip(fwd(c, cam), 0.0, 1.0)
 
   def _make_estimator(self):
     """The test-time x = estimator(condition), [0, 1] -> [0, 1]; None for a raw2rgb run
@@ -125,9 +148,7 @@ class DTDMTask(Task):
                           f"{getattr(g_task, 'direction', '')!r}")
       g_params = jax.device_get(g_params)  # constants inside jit, whatever the mesh
       return lambda c: jnp.clip(g_task.apply(g_params, c), 0.0, 1.0)
-    cam = upi.camera_params(upi_cam2rgb(self.config, self.inputs.camera))
-    fwd = upi.raw_to_rgb if self.direction == "raw2rgb" else upi.rgb_to_raw
-    return lambda c: jnp.clip(fwd(c, cam), 0.0, 1.0)
+    return self._upi_estimator()
 
   # -- estimates ------------------------------------------------------------------
   def estimate(self, cond):
@@ -157,17 +178,23 @@ class DTDMTask(Task):
 
   def init_params(self, rng):
     p = self.patch
-    return self.model.init(rng, jnp.zeros((1, p, p, 9), jnp.float32),
-                           jnp.ones((1,), jnp.float32))["params"]
+    return self.model.init(rng, jnp.zeros((1, p, p, self.config.model.in_channels),
+                                          jnp.float32), jnp.ones((1,), jnp.float32))["params"]
 
-  def net_fn(self, params, cond, x, train=False, rng=None, net_chunk=None):
-    """f(m, t) with the condition and the estimate (model range) closed over; net_chunk
-    evaluates the network that many patches at a time (models.microbatch)."""
+  def conditions(self, w, c):
+    """The network's condition channels after m_t: concat of the slots the config keeps."""
+    parts = [{"w": w, "c": c}[k] for k in self.slots]
+    return jnp.concatenate(parts, axis=-1) if parts else w[..., :0]
+
+  def net_fn(self, params, w, c, train=False, rng=None, net_chunk=None):
+    """f(m, t) with the conditions w and c (model range) closed over; net_chunk evaluates
+    the network that many patches at a time (core.microbatch)."""
     rngs = {"dropout": rng} if (train and rng is not None) else None
     apply = microbatch.microbatched(
         lambda inp, t: self.model.apply({"params": params}, inp, t, train=train, rngs=rngs),
         net_chunk)
-    return lambda m, t: apply(jnp.concatenate([m, cond, x], axis=-1), t)
+    cond = self.conditions(w, c)
+    return lambda m, t: apply(jnp.concatenate([m, cond], axis=-1), t)
 
   def _loss_terms(self, params, batch, rng, train):
     d_rng, x_rng, l_rng = jax.random.split(rng, 3)
@@ -175,12 +202,12 @@ class DTDMTask(Task):
     y = to_model_range(batch[self.target_key])
     w = to_model_range(batch[self.cond_key])
     x = to_model_range(x01)
-    # Both loss helpers call the net on concat[state, cond]; cond = [w, x] gives the
-    # network input order [m_t, w, x] that `net_fn` uses when sampling.
+    # Both loss helpers call the net on concat[state, cond]: the network input order
+    # [m_t, w, c] that `net_fn` uses when sampling. Training has c = x (the paper).
     f_cat = lambda inp, t: self.model.apply(
         {"params": params}, inp, t, train=train,
         rngs={"dropout": d_rng} if train else None)
-    cond = jnp.concatenate([w, x], axis=-1)
+    cond = self.conditions(w, x)
     if self.process == "dtdm":
       value = dtdm.loss(f_cat, self.schedule, self.s, x, y, cond, l_rng)
     else:
@@ -210,8 +237,9 @@ class DTDMTask(Task):
       return f + (a / s) * (y_hat - jnp.clip(y_hat, -1.0, 1.0))
     return wrapped
 
-  def sample_model_range(self, params, w, x, rng, options, noise=None):
-    """y_hat in model range from condition w and estimate x (both model range).
+  def sample_model_range(self, params, w, x, rng, options, noise=None, c=None):
+    """y_hat in model range from condition w and estimate x (both model range); c: the
+    colour-position condition (default x, the paper).
 
     noise: the start noise eps (N(0, I), shape of x): m_s = sqrt(ab_s) x + sqrt(1-ab_s) eps
     for DTDM and DDPM-from-estimate, x_T = eps for DDPM-from-noise; drawn from rng if None.
@@ -219,16 +247,18 @@ class DTDMTask(Task):
     et al.'s clip_denoised; for DTDM the y_hat of Eq. 21); Algorithm 2 as printed has no
     clipping.
     """
-    f = self.net_fn(params, w, x, net_chunk=options.net_chunk)
+    f = self.net_fn(params, w, x if c is None else c, net_chunk=options.net_chunk)
     T = self.schedule.num_timesteps
     k0, k1 = jax.random.split(rng)
     eps = samplers.normal_like(k0, x) if noise is None else jnp.asarray(noise, x.dtype)
     steps = options.steps
     if self.process == "dtdm":
       f = self._clip_dtdm(f) if options.clip_x0 else f
-      m_s = dtdm.start_state(self.schedule, self.s, x, eps)
-      return dtdm.sample(f, self.schedule, self.s, x, k1, num_steps=steps, m_init=m_s,
-                         eta=self.eta if options.eta is None else options.eta)
+      t0 = self.s if options.start_step is None else int(options.start_step)
+      m_0 = dtdm.start_state(self.schedule, t0, x, eps)
+      return dtdm.sample(f, self.schedule, self.s, x, k1, num_steps=steps, m_init=m_0,
+                         eta=self.eta if options.eta is None else options.eta,
+                         start_step=None if options.start_step is None else t0)
     f = samplers.clip_denoised(f, self.schedule) if options.clip_x0 else f
     if options.start == "estimate":
       t0, state = self.s, dtdm.start_state(self.schedule, self.s, x, eps)
@@ -249,17 +279,27 @@ class DTDMTask(Task):
     all T for DDPM from noise; fewer = strided); eta: DTDM's noise scale; start: DDPM arms
     only ("estimate" / "noise")."""
     o = options or PredictOptions()
+    solver = {k: getattr(o, k) for k in ("variance", "spacing", "order", "skip",
+                                         "denoise_to_zero")}
+    if any(v is not None for v in solver.values()):
+      raise OptionError(f"{', '.join(k for k, v in solver.items() if v is not None)}: "
+                        "settings of the DDPM task's samplers, not of DTDM")
     ok = ("dtdm",) if self.process == "dtdm" else ("dtdm", "ddpm")
     if o.sampler not in (None,) + ok:
       # DTDM has its own reverse process; the DDPM arms run ancestral DDPM.
       raise OptionError(f"a {self.process} run samples with sampler "
                         f"{' or '.join(repr(n) for n in ok)}, not {o.sampler!r}")
-    if o.start_step is not None:
-      raise OptionError("start_step does not apply to DTDM (it starts at s or T)")
     if self.process == "dtdm":
       if o.start is not None:
         raise OptionError("start is an option of DTDM's plain-DDPM arms (dtdm.process=ddpm)")
       start, t0 = None, self.s
+      if o.start_step is not None:  # DiffRAW's test protocol: x_93 of an s = 100 model
+        if not 1 <= int(o.start_step) <= self.s:
+          raise OptionError(f"start_step must be in 1..s={self.s}, got {o.start_step}")
+        t0 = int(o.start_step)
+    elif o.start_step is not None:
+      raise OptionError("start_step applies to DTDM runs (dtdm.process=dtdm), not to its "
+                        "DDPM arms")
     else:
       start = o.start or self.config.dtdm.ddpm_start
       if start not in ("estimate", "noise"):
@@ -270,7 +310,9 @@ class DTDMTask(Task):
       raise OptionError(f"steps must be in 1..{t0} for this run, got {o.steps}")
     if o.eta is not None and not o.eta >= 0:
       raise OptionError(f"eta must be >= 0, got {o.eta}")
-    return o.replace(sampler=self.process, steps=steps, start=start)
+    clip = bool(self.config.get("sampling", {}).get("clip_x0", True)) if o.clip_x0 is None \
+        else bool(o.clip_x0)
+    return o.replace(sampler=self.process, steps=steps, start=start, clip_x0=clip)
 
   def nfe(self, options):
     return int(options.steps)
@@ -280,13 +322,14 @@ class DTDMTask(Task):
     the sRGB for rgb2raw); x = the estimator's output on them (G(w) for raw2rgb)."""
     cond01 = jnp.asarray(inputs, jnp.float32)
     x01 = self.estimate(cond01)
+    c = None if self._color is None else to_model_range(self._color(cond01))
     out = self.sample_model_range(params, to_model_range(cond01), to_model_range(x01), rng,
-                                  options, noise)
+                                  options, noise, c)
     return jnp.clip(out * 0.5 + 0.5, 0.0, 1.0)
 
   def network(self, params):
     p = self.patch
-    x = jax.ShapeDtypeStruct((1, p, p, 9), jnp.float32)
+    x = jax.ShapeDtypeStruct((1, p, p, self.config.model.in_channels), jnp.float32)
     t = jax.ShapeDtypeStruct((1,), jnp.float32)
     return (lambda prm, xx, tt: self.model.apply({"params": prm}, xx, tt, train=False),
             (params, x, t))

@@ -71,6 +71,10 @@ class FlowISPTask(Task):
                           f"expected one of {tuple(jpeg_lib.SUBSAMPLINGS)}")
     if not 1 <= int(j.quality) <= 100:
       raise _config_error("jpeg.quality", j.quality, "expected 1..100")
+    if j.get("variant", "libjpeg") not in jpeg_lib.VARIANTS:
+      raise _config_error("jpeg.variant", j.variant, f"expected one of {jpeg_lib.VARIANTS}")
+    if j.get("variant") == "diffjpeg" and j.get("integer_samples", False):
+      raise _config_error("jpeg.integer_samples", True, "libjpeg's arithmetic, not DiffJPEG's")
 
     v = config.get("video")
     self.window = int(v.window) if v is not None else 1
@@ -103,7 +107,8 @@ class FlowISPTask(Task):
   @property
   def io(self):
     return IOSpec(source="rgb", target="raw", in_channels=3, out_channels=3,
-                  patch=self.patch, direction="both", conditions=("rgb",))
+                  patch=self.patch, direction="both", conditions=("rgb",),
+                  window=self.window)
 
   def batch_spec(self, batch_size):
     p = self.patch
@@ -146,6 +151,21 @@ class FlowISPTask(Task):
       return self.forward(params, x)
     clip = jnp.repeat(x[:, None], self.window, axis=1)
     return self.forward(params, clip)[:, self.vflow.centre]
+
+  def render_video(self, params, raw_frames):
+    """(T, H, W, 3) RAW frames -> sRGB frames in [0, 1], sliding windows (video flow)."""
+    return self.vflow.render(params, raw_frames)
+
+  def predict_video(self, params, rgb_frames):
+    """(T, H, W, 3) decoded sRGB frames -> RAW frames in [0, 1], sliding windows."""
+    return self.vflow.reconstruct(params, rgb_frames)
+
+  def video_clip(self, rng, raw, rgb, frames: int):
+    """A test clip from one still pair: `frames` frames of the training's random pan/zoom
+    (the size video.frame_size, or the patch), as the video task is trained on."""
+    size = min(self.frame, raw.shape[0], raw.shape[1])
+    return video_synth.synth_pair_sequence(rng, raw, rgb, frames, size, self.max_pan,
+                                           self.max_zoom)
 
   def network(self, params):
     # One network evaluation = one inverse pass on one patch (what predict runs).
