@@ -18,6 +18,9 @@ def add_parser(sub, name):
     bp.add_argument("--config", required=True)
     bp.add_argument("--steps", type=int, default=5, help="timed steps after warm-up")
     bp.add_argument("--json", action="store_true", help="print JSON lines only")
+    if what == "train":
+      bp.add_argument("--matmul-n", type=int, default=2048,
+                      help="matmul size for the CPU ceiling (MFU on CPUs)")
     bp.set_defaults(func=run_train if what == "train" else run_data)
   bs = bsub.add_parser("predict", aliases=["sample"],
                        help="compiled predict (sampler) speed of any task; no TF/rawpy needed")
@@ -45,7 +48,8 @@ def run_train(args, rest) -> int:
   from jisp.core.config import load
   cfg = load(args.config, common.split_overrides(rest))
   from jisp.experiments import bench_train
-  bench_train.bench_train(cfg, steps=args.steps, emit=_printer(args, bench_train.human_train))
+  bench_train.bench_train(cfg, steps=args.steps, matmul_n=args.matmul_n,
+                          emit=_printer(args, bench_train.human_train))
   return 0
 
 

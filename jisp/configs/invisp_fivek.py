@@ -74,6 +74,7 @@ def get_config(arg=None):
   c.model.clamp = 0.8
   c.model.zero_init_last = False  # official: xavier everywhere (see jisp/models/flow.py)
   c.model.precision = "highest"
+  c.model.dtype = "float32"        # always: the exact inverse needs fp32 (bf16 is refused)
 
   c.loss = ml_collections.ConfigDict()
   c.loss.raw_weight = 1.0          # lambda of Eq. 8

@@ -20,7 +20,6 @@ rawpy: it runs on accelerator images that have only jax.
 """
 from __future__ import annotations
 
-import math
 import statistics
 import time
 
@@ -28,31 +27,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jisp.core import sharding
 from jisp.core.errors import OptionError
 from jisp.experiments import machine
 from jisp.infer import predict, tiling
 from jisp.train import runs
 
 DEFAULT_IMAGE = "2012x1324"  # a FiveK Nikon D700 frame
-
-
-def matmul_ceiling(devices: int | None, n: int = 2048, repeats: int = 5) -> float:
-  """GFLOP/s of an fp32 matmul, one (n x n) @ (n x n) per device, sharded over `devices`."""
-  mesh = sharding.make_mesh(devices)
-  k = mesh.devices.size
-  a = jax.device_put(jax.random.normal(jax.random.PRNGKey(0), (k * n, n), jnp.float32),
-                     sharding.batch_sharding(mesh))
-  b = jax.device_put(jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32),
-                     sharding.replicated(mesh))
-  f = jax.jit(lambda x, y: x @ y, out_shardings=sharding.batch_sharding(mesh))
-  f(a, b).block_until_ready()
-  best = math.inf
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    f(a, b).block_until_ready()
-    best = min(best, time.perf_counter() - t0)
-  return 2.0 * k * n ** 3 / best / 1e9
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -128,7 +108,7 @@ def bench_predict(config=None, *, workdir=None, options=None, batch=16, devices=
 
   net_flops = task.network_flops(params)
   say("measuring the matmul ceiling...")
-  ceiling = matmul_ceiling(devices, matmul_n)
+  ceiling = machine.matmul_ceiling(devices, matmul_n)
   h, w = parse_size(image_size)
   n_patches = len(tiling.make_layout(h, w, p, 0, True))
   achieved = net_flops * batch * nfe / seconds / 1e9 if net_flops else None
@@ -149,6 +129,8 @@ def bench_predict(config=None, *, workdir=None, options=None, batch=16, devices=
       "gflop_per_nfe_patch": net_flops / 1e9 if net_flops else None,
       "achieved_gflops": achieved, "matmul_ceiling_gflops": ceiling,
       "fraction_of_ceiling": achieved / ceiling if achieved else None,
+      **machine.utilisation(achieved, pred.n_dev, machine.device_info()["device_kind"],
+                            ceiling if jax.default_backend() == "cpu" else None),
       "compile_s": compile_s,
   }
 
@@ -165,7 +147,8 @@ def human(r: dict) -> str:
       f"  machine: {r['cpu_model']} ({r['cpu_count']} cores; {' '.join(r['cpu_flags'])})",
       f"  {r['seconds']:.3f} s per batch{ext}; compile {r['compile_s']:.1f} s (apart)",
       f"  {r['patch_nfe_per_s']:.1f} patch-NFE/s; {fl}"
-      f"the {r['matmul_ceiling_gflops']:.1f} GFLOP/s fp32 matmul ceiling",
+      f"the {r['matmul_ceiling_gflops']:.1f} GFLOP/s fp32 matmul ceiling"
+      + (f"; MFU {100 * r['mfu']:.1f}% ({r['mfu_basis']})" if r.get("mfu") else ""),
       f"  image {r['image_size']} = {r['patches_per_image']} patches ({r['tiling']}) = "
       f"{r['batches_per_image']} batches: {r['seconds_per_image']:.1f} s per image",
   ])

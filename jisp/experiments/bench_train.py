@@ -38,9 +38,11 @@ def _random_batch(spec, mesh, seed=0):
   return sharding.to_global(local, mesh)
 
 
-def bench_train(config, steps: int = 5, emit=None, device_counts=None) -> list[dict]:
+def bench_train(config, steps: int = 5, emit=None, device_counts=None,
+                matmul_n: int = 2048) -> list[dict]:
   """One record per device count; `emit(record)` is called as each is measured."""
   task = runs.build_task(config)
+  ceiling = machine.matmul_ceiling(None, matmul_n) if jax.default_backend() == "cpu" else None
   tx, lr_fn = optim.make_optimizer(config.optim, config.num_steps)
   counts = device_counts or sorted({1, jax.local_device_count()})
   results = []
@@ -68,6 +70,9 @@ def bench_train(config, steps: int = 5, emit=None, device_counts=None) -> list[d
         "gflop_per_step": round(flops / 1e9, 2), "achieved_gflops": round(flops / dt / 1e9, 2),
         "compile_s": round(compile_s, 2), "timed_steps": steps,
         "loss_finite": bool(np.isfinite(float(m["loss"]))), **machine.cpu_info(),
+        "dtype": str(config.model.get("dtype", "float32")),
+        **machine.utilisation(flops / dt / 1e9, n, jax.devices()[0].device_kind,
+                              ceiling * n / jax.local_device_count() if ceiling else None),
     }
     results.append(rec)
     if emit:
@@ -77,9 +82,10 @@ def bench_train(config, steps: int = 5, emit=None, device_counts=None) -> list[d
 
 
 def human_train(rec: dict) -> str:
+  mfu = f", MFU {100 * rec['mfu']:.1f}% ({rec['mfu_basis']})" if rec.get("mfu") else ""
   return (f"train step on {rec['devices']} {rec['platform']} device(s): {rec['patches_per_s']} "
           f"patches/s, {rec['achieved_gflops']} GFLOP/s ({rec['seconds_per_step']} s/step, "
-          f"compile {rec['compile_s']} s); {rec['cpu_model']}")
+          f"compile {rec['compile_s']} s{mfu}); {rec['cpu_model']}")
 
 
 def bench_data(config, steps: int = 20, emit=None) -> list[dict]:

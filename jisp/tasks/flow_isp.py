@@ -61,6 +61,11 @@ class FlowISPTask(Task):
     self.simulator = str(config.loss.simulator)
     if self.simulator not in SIMULATORS:
       raise _config_error("loss.simulator", self.simulator, f"expected one of {SIMULATORS}")
+    if str(config.model.get("dtype", "float32")) != "float32":
+      # The exact inverse needs the forward's arithmetic to fp32 precision; bf16 compute
+      # would break invertibility, so the flow ISP does not offer it.
+      raise _config_error("model.dtype", config.model.dtype,
+                          "the flow ISP computes in float32: its exact inverse needs it")
     if not 3 <= int(config.model.num_blocks) <= 64:
       raise _config_error("model.num_blocks", config.model.num_blocks, "expected 3..64")
     j = config.jpeg
