@@ -18,18 +18,23 @@ ablations and the other switches without one file each:
                        sqrt(beta); the two differ a lot: abar_500 = 0.049 vs 0.116)
   patch=128            128x128 patches; batch 64 keeps the pixels per step of 256 x 64x64
                        (the paper shrank the batch for memory without saying to what)
+  prior=none|input|residual|both
+                       jisp.isp.prior: UPI with the target camera's metadata as an extra
+                       condition (input: model.in_channels 9) and/or the base the sampled
+                       RAW is a residual over; none (the paper) by default
   prediction=v         v-prediction (Salimans & Ho) instead of epsilon: not in the paper;
                        jisp's finding is that eps needs far longer training before sampling
                        from pure noise works on this task (README, "eps vs v")
 """
 import ml_collections
 
+from jisp.configs._camera import add_camera_options
 from jisp.core.config import parse_arg
 
 
 def get_config(arg=None):
   a = parse_arg(arg, camera="nikon", nres=1, base=64, schedule="linear_ldm", patch=64,
-                prediction="eps")
+                prediction="eps", prior="none")
   c = ml_collections.ConfigDict()
   c.task = "ddpm"
   c.seed = 0
@@ -56,7 +61,8 @@ def get_config(arg=None):
   c.model.attention_stages = (False, True, True, True)
   c.model.num_groups = 32
   c.model.dropout = 0.0
-  c.model.in_channels = 6      # noisy RAW (3) + RGB condition (3)
+  # noisy RAW (3) + RGB condition (3) (+ the UPI prior (3) when it is an input)
+  c.model.in_channels = 9 if a.prior in ("input", "both") else 6
   c.model.out_channels = 3
   c.model.dtype = "float32"    # compute dtype; "bfloat16" on accelerators
 
@@ -98,4 +104,4 @@ def get_config(arg=None):
   c.sampling.order = 3
   c.sampling.skip = "logSNR"
   c.sampling.denoise_to_zero = True
-  return c
+  return add_camera_options(c, a.prior)

@@ -1,9 +1,14 @@
-"""CI / demo size of the conditional DDPM: same code path, seconds per step on a 2-core CPU."""
+"""CI / demo size of the conditional DDPM: same code path, seconds per step on a 2-core CPU.
+
+Argument: prior=none|input|residual|both (jisp.isp.prior; default none).
+"""
 from jisp.configs import ddpm_fivek
+from jisp.core.config import parse_arg
 
 
-def get_config():
-  c = ddpm_fivek.get_config()
+def get_config(arg=None):
+  a = parse_arg(arg, prior="none")
+  c = ddpm_fivek.get_config(f"prior={a.prior}")
   c.batch_size = 16
   c.num_steps = 200
   c.log_every = 10

@@ -16,6 +16,7 @@ or use --config.dtdm.estimator=upi (UPI's forward process, no learning).
 """
 import ml_collections
 
+from jisp.configs._camera import add_camera_options
 from jisp.core.config import parse_arg
 
 
@@ -70,7 +71,10 @@ def get_config(arg=None):
   c.dtdm.color = a.color           # test-time c: "x" (c = x, the paper) or "upi"
   c.dtdm.estimator = "regression"  # test-time G: "regression" (trained run) or "upi"
   c.dtdm.estimator_workdir = ""
-  c.dtdm.upi_profile = "auto"      # manifest of data.dir if any, else UPI's mean camera
+  # UPI's camera: "auto" = each patch's own (batch features; predict: the test image's)
+  # with real data (data.dir or source mixed), else UPI's mean camera; "camera", "mean",
+  # "synthetic", "manifest" (data.dir's camera) fix it
+  c.dtdm.upi_profile = "auto"
   c.dtdm.ddpm_start = "estimate"   # process=ddpm: "estimate" (x_s, s steps) or "noise" (T)
   # D^2 (jisp.isp.degrade.Params): two rounds of blur / resize / noise / JPEG, then the
   # channel means are put back to y's (colour consistency). Noise sigmas in 8-bit units.
@@ -105,4 +109,4 @@ def get_config(arg=None):
   c.sampling = ml_collections.ConfigDict()
   c.sampling.sampler = "dtdm"
   c.sampling.steps = 100
-  return c
+  return add_camera_options(c, with_prior=False)

@@ -1,8 +1,9 @@
 """DTDM as an accelerator for sRGB -> RAW: the DDPM paper's task and data, DTDM's process.
 
 y = RAW (invisp protocol), condition = sRGB, x = a cheap RAW estimate from the sRGB alone,
-the same at train and test time: UPI's inverse with the camera profile of the prepared data
-(`dtdm.upi_profile=auto`: data.dir's manifest, else UPI's mean camera) or a trained
+the same at train and test time: UPI's inverse with the target camera's metadata
+(`dtdm.upi_profile=auto`: each patch's own camera with real data, the test image's at
+inference; UPI's mean camera on the synthetic source) or a trained
 `configs/regression_rgb2raw.py` run (--config.dtdm.estimator=regression
 --config.dtdm.estimator_workdir=RUN). Patches 64x64 and the U-Net of the DDPM paper; DTDM's
 T=2000, s=100 and optimiser (Adam 1e-4, 10k warm-up), batch 32.

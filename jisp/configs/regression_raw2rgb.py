@@ -6,6 +6,8 @@ configs/regression_rgb2raw.py.
 """
 import ml_collections
 
+from jisp.configs._camera import add_camera_options
+
 
 def get_config():
   c = ml_collections.ConfigDict()
@@ -49,4 +51,4 @@ def get_config():
   c.optim.weight_decay = 0.0
   c.optim.grad_clip_norm = 1.0
   c.optim.ema_decay = 0.999
-  return c
+  return add_camera_options(c)

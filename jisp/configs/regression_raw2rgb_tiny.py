@@ -1,9 +1,15 @@
-"""CI / demo / ablation size of the regression net (RAW -> sRGB): 32x32 patches, base 16."""
+"""CI / demo / ablation size of the regression net (RAW -> sRGB): 32x32 patches, base 16.
+
+Argument: prior=none|input|residual|both (jisp.isp.prior; default none).
+"""
 from jisp.configs import regression_raw2rgb
+from jisp.core.config import parse_arg
 
 
-def get_config():
+def get_config(arg=None):
+  a = parse_arg(arg, prior="none")
   c = regression_raw2rgb.get_config()
+  c.prior.mode = a.prior
   c.batch_size = 16
   c.num_steps = 300
   c.log_every = 10

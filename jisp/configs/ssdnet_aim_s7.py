@@ -18,6 +18,7 @@ Arguments (`--config ssdnet_aim_s7.py:ARG`, comma-separated):
 """
 import ml_collections
 
+from jisp.configs._camera import add_camera_options
 from jisp.core.config import parse_arg
 
 # (steps in the stage, RGB patch, global batch); the train loop runs them in order.
@@ -100,4 +101,4 @@ def get_config(arg=None):
   c.eval = ml_collections.ConfigDict()
   c.eval.self_ensemble = a.ensemble
   c.optim = optim_config()
-  return c
+  return add_camera_options(c)

@@ -3,19 +3,21 @@ and the 7x7 branch, refinement, sigma head) at dim 8 with one block per stage, o
 patches of the synthetic camera (InvISP-style 3-channel RAW: output rgb3).
 
 Arguments: output=rgb3|packed4 (packed4 needs a source of packed RAW), strategy=... as
-ssdnet_aim_s7.py. Two progressive stages exercise the loop's stage switch: 32 px x 8 for
+ssdnet_aim_s7.py, prior=none|residual (jisp.isp.prior; rgb3 only). Two progressive stages exercise the loop's stage switch: 32 px x 8 for
 200 steps, then 48 px x 4 for 100.
 """
 import ml_collections
 
 from jisp.configs import ssdnet_aim_s7
+from jisp.configs._camera import add_camera_options
 from jisp.core.config import parse_arg
 
 TINY_STAGES = ((200, 32, 8), (100, 48, 4))
 
 
 def get_config(arg=None):
-  a = parse_arg(arg, output="rgb3", strategy="train_resampling", stopgrad=False)
+  a = parse_arg(arg, output="rgb3", strategy="train_resampling", stopgrad=False,
+                prior="none")
   c = ml_collections.ConfigDict()
   c.task = "ssdnet"
   c.seed = 0
@@ -49,4 +51,4 @@ def get_config(arg=None):
   c.optim.end_lr = 1e-5
   c.optim.constant_steps = 100
   c.optim.cosine_steps = 200
-  return c
+  return add_camera_options(c, a.prior)

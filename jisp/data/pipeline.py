@@ -22,6 +22,13 @@ resuming costs at most one epoch of reading raw bytes, no decoding, and the stat
 integers. We chose this over tf.data iterator checkpoints, which would store the whole
 shuffle buffer (tens of MB) in every checkpoint and tie it to one TF version.
 
+Camera features. With `camera=True` every batch also carries each patch's camera features
+("rgb2cam" (b, 3, 3), "wb" (b, 3); jisp.core.camera.camera_features) for tasks that take
+the target camera as an input. They come from the manifest, not the records: a record
+names its source file (file_id), and the manifest holds that file's white balance and
+colour matrix (and its camera's profile), so prepared folders need no rebuild. The lookup happens
+on the host after batching, a pure function of the record, so resume stays exact.
+
 Integrity. Before anything is built, the shards this process will read are checked against
 the manifest (size, and by default sha256): a deleted, truncated or corrupted shard is one
 DataError line naming it, not a TensorFlow traceback at some later step. A record that is
@@ -36,12 +43,33 @@ import pathlib
 
 import numpy as np
 
+from jisp.core.camera import CameraProfile, camera_features
 from jisp.core.errors import DataError, OptionError
 from jisp.data import shards as shards_lib
 
 STATE_VERSION = 1
 VERIFY_MODES = ("full", "size", "none")
 _log = logging.getLogger(__name__)
+
+
+def file_features(man: dict) -> dict[str, dict[str, np.ndarray]]:
+  """{file_id (a file's manifest path): camera features} of a prepared folder's manifest,
+  as evaluation computes them from the file itself (camera_features(capture.profile())):
+  the file's own white balance and colour matrix (its rgb_cam derived as raw_io does),
+  else its camera's profile."""
+  from jisp.data.raw_io import rgb_cam_from_color_matrix, usable_color_matrix
+  cams = man.get("cameras") or {}
+  out = {}
+  for f in man.get("files", []):
+    cam = cams.get(f.get("camera"))
+    if f.get("status") != "ok" or cam is None:
+      continue
+    d = {**cam, "wb": f.get("wb") or cam.get("wb")}
+    cm = usable_color_matrix((f.get("meta") or {}).get("color_matrix"))
+    if cm is not None:  # per file: files of one camera name can differ (virtual cameras)
+      d.update(color_matrix=cm, rgb_cam=rgb_cam_from_color_matrix(cm))
+    out[f["path"]] = camera_features(CameraProfile.from_dict(d))
+  return out
 
 
 def _seed_mix(*parts):
@@ -68,11 +96,13 @@ class ShardSource:
     with_info: also return "file_id" (str array) and "pos" (b, 2) of each patch.
     verify: how this process's shards are checked before use: "full" (size + sha256),
       "size" (a stat per file), "none".
+    camera: also return each patch's camera features "rgb2cam" (b, 3, 3) and "wb" (b, 3)
+      (module docstring).
   """
 
   def __init__(self, data_dir, split, *, patch_size=None, local_batch, seed,
                process_index=0, process_count=1, augment=True, shuffle_buffer=1024,
-               repeat=True, with_info=False, verify="full"):
+               repeat=True, with_info=False, verify="full", camera=False):
     self.data_dir = pathlib.Path(data_dir)
     self.split = split
     self.local_batch = int(local_batch)
@@ -83,6 +113,7 @@ class ShardSource:
     self.shuffle_buffer = int(shuffle_buffer)
     self.repeat = bool(repeat)
     self.with_info = bool(with_info)
+    self.camera = bool(camera)
     if self.local_batch < 1:
       raise ValueError(f"local_batch must be >= 1, got {local_batch}")
     if not 0 <= self.process_index < self.process_count:
@@ -92,6 +123,10 @@ class ShardSource:
 
     man = shards_lib.load_prepared(self.data_dir)
     self.manifest = man
+    self.features = file_features(man) if self.camera else {}
+    if self.camera and not self.features:
+      raise DataError(f"{self.data_dir}/manifest.json lists no camera profiles, so its "
+                      f"patches have no camera features; {self._rebuild_hint()}")
     shard_list = man.get("shards", {}).get(split, [])
     total = sum(int(s["n"]) for s in shard_list)
     if total == 0:
@@ -193,7 +228,8 @@ class ShardSource:
     tf = shards_lib.import_tf()
     p, s = self.patch_size, self.raw_shape[0]
     c_raw = self.raw_shape[2]
-    augment, aug_seed, with_info = self.augment, self._aug_seed, self.with_info
+    augment, aug_seed = self.augment, self._aug_seed
+    with_info, with_id = self.with_info, self.with_info or self.camera
     half_span = (s - p) // 2  # even offsets 0, 2, ..., 2 * half_span
 
     def fn(idx, rec):
@@ -214,8 +250,9 @@ class ShardSource:
         x = x[o:o + p, o:o + p]
       x = tf.ensure_shape(x, (p, p, c_raw + 3))
       out = {"raw": x[..., :c_raw], "rgb": x[..., c_raw:]}
-      if with_info:
+      if with_id:
         out["file_id"] = ex["file_id"]
+      if with_info:
         out["pos"] = ex["pos"]
       return out
 
@@ -236,10 +273,21 @@ class ShardSource:
                       f"{self._rebuild_hint()}") from None
     self._batches += 1
     out = {"rgb": b["rgb"].numpy(), "raw": b["raw"].numpy()}
+    ids = (np.array([v.decode("utf-8") for v in b["file_id"].numpy()])
+           if (self.with_info or self.camera) else None)
+    if self.camera:
+      out.update(self._features_of(ids))
     if self.with_info:
-      out["file_id"] = np.array([v.decode("utf-8") for v in b["file_id"].numpy()])
+      out["file_id"] = ids
       out["pos"] = b["pos"].numpy()
     return out
+
+  def _features_of(self, ids) -> dict[str, np.ndarray]:
+    missing = sorted({i for i in ids if i not in self.features})
+    if missing:
+      raise DataError(f"{self.data_dir}/manifest.json: no camera profile for {missing[0]!r}, "
+                      f"whose patches are in the shards; {self._rebuild_hint()}")
+    return {k: np.stack([self.features[i][k] for i in ids]) for k in ("rgb2cam", "wb")}
 
   def __iter__(self):
     return self

@@ -8,13 +8,15 @@ a resumed run sees the same examples an unbroken run would.
 The camera: a scene of smooth colour gradients plus a few hard-edged shapes in linear
 camera RGB; RAW target = camera RGB white-balanced and gamma-compressed (like the
 `invisp` protocol); sRGB = colour-corrected, gamma and S-curve toned, quantised to
-8 bits (what a camera JPEG engine roughly does).
+8 bits (what a camera JPEG engine roughly does). With `camera=True` each batch also
+carries the camera's features ("rgb2cam" (b, 3, 3), "wb" (b, 3), as
+jisp.core.camera.camera_features): one fixed camera, white balance already applied (gains 1).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from jisp.core.camera import SYNTHETIC_CAM2RGB
+from jisp.core.camera import SYNTHETIC_CAM2RGB, camera_features
 from jisp.data.indexed_source import IndexedBatchSource
 
 _SPLIT_IDS = {"train": 0, "test": 1, "eval": 1}
@@ -59,8 +61,14 @@ class SyntheticSource(IndexedBatchSource):
   """Process-local batches of the global batch number `self.batches`."""
 
   def __init__(self, *, patch_size: int, local_batch: int, seed: int,
-               process_index: int = 0, process_count: int = 1, split: str = "train"):
+               process_index: int = 0, process_count: int = 1, split: str = "train",
+               camera: bool = False):
     self.patch = patch_size
+    if camera:
+      from jisp.isp.prior import SYNTHETIC_PROFILE  # jax: only when features are asked for
+      self.camera = camera_features(SYNTHETIC_PROFILE)
+    else:
+      self.camera = None
     self.local_batch = local_batch
     self.seed = seed
     self.process_index = process_index
@@ -76,4 +84,8 @@ class SyntheticSource(IndexedBatchSource):
       rgb, raw = make_pair(rng, self.patch)
       rgbs.append(rgb)
       raws.append(raw)
-    return {"rgb": np.stack(rgbs), "raw": np.stack(raws)}
+    out = {"rgb": np.stack(rgbs), "raw": np.stack(raws)}
+    if self.camera is not None:
+      out.update({k: np.broadcast_to(v, (self.local_batch,) + v.shape).copy()
+                  for k, v in self.camera.items()})
+    return out

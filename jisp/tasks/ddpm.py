@@ -1,4 +1,12 @@
-"""Conditional DDPM for sRGB -> RAW (epsilon or v prediction, RGB concatenated to x_t)."""
+"""Conditional DDPM for sRGB -> RAW (epsilon or v prediction, RGB concatenated to x_t).
+
+`prior.mode` (jisp.isp.prior) makes the target camera an input: UPI's RAW estimate with
+the camera's own matrix and white balance is an extra condition ("input": concat[x_t, rgb,
+UPI], model.in_channels 9) and/or the base the diffusion models a residual over
+("residual": x_0 = 2 (raw - UPI), the plain model's units; the sample is UPI + x_0 / 2, so
+a network whose x_0 estimate is zero returns UPI exactly), or both. Each patch's camera
+features come from the batch in training and from predict's camera at inference.
+"""
 from __future__ import annotations
 
 import jax
@@ -7,8 +15,9 @@ import jax.numpy as jnp
 from jisp.core import microbatch
 from jisp.core.errors import ConfigError, OptionError
 from jisp.diffusion import losses, samplers, schedules
+from jisp.isp import prior as prior_lib
 from jisp.models import unet
-from jisp.tasks.base import IOSpec, PredictOptions, Task
+from jisp.tasks.base import IOSpec, PredictOptions, Requirements, Task
 
 # Steps a sampler gets when named without steps (DPM-Solver: the paper's 20 NFE).
 DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpm_solver": 20, "dpm_solver_pp": 20}
@@ -118,6 +127,16 @@ def resolve_sampler_options(options: PredictOptions, default: PredictOptions,
 class DDPMTask(Task):
   name = "ddpm"
 
+  @classmethod
+  def requirements(cls, config):
+    return Requirements(camera=prior_lib.mode_of(config) != "none"
+                        and bool(config.data.get("dir")))
+
+  @classmethod
+  def batch_camera(cls, config) -> bool:
+    """Whether training batches carry each patch's camera features."""
+    return prior_lib.mode_of(config) != "none"
+
   def __init__(self, config, inputs=None):
     super().__init__(config, inputs)
     self.model = unet.from_config(config.model)
@@ -128,24 +147,44 @@ class DDPMTask(Task):
                         f"(expected one of {', '.join(losses.PREDICTIONS)})")
     self.patch = config.data.patch_size
     self.raw_channels = config.model.out_channels
-    self.cond_channels = config.model.in_channels - config.model.out_channels
+    self.prior = prior_lib.mode_of(config)
+    self.protocol = prior_lib.check_protocol(config, self.prior)
+    prior_ch = self.raw_channels if prior_lib.takes_input(self.prior) else 0
+    self.cond_channels = config.model.in_channels - config.model.out_channels - prior_ch
+    if self.prior != "none" and (self.cond_channels != 3 or self.raw_channels != 3):
+      want = 6 + prior_ch
+      raise ConfigError(f"config key 'prior.mode'={self.prior!r}: the network sees concat[x_t, "
+                        f"rgb{', UPI' if prior_ch else ''}], so 'model.in_channels' must be "
+                        f"{want} and 'model.out_channels' 3 (got "
+                        f"{config.model.in_channels}, {config.model.out_channels})")
+    self.default_features = prior_lib.features(
+        prior_lib.default_profile(config, self.inputs.camera))
 
   @property
   def io(self):
+    cam = self.prior != "none"
     return IOSpec(source="rgb", target="raw", in_channels=self.cond_channels,
                   out_channels=self.raw_channels, patch=self.patch, direction="rgb2raw",
-                  conditions=("rgb",), noise_channels=self.raw_channels)
+                  conditions=("rgb", "camera") if cam else ("rgb",),
+                  noise_channels=self.raw_channels, camera=cam)
 
   def batch_spec(self, batch_size):
     p = self.patch
-    return {
+    spec = {
         "rgb": jax.ShapeDtypeStruct((batch_size, p, p, self.cond_channels), jnp.float32),
         "raw": jax.ShapeDtypeStruct((batch_size, p, p, self.raw_channels), jnp.float32),
     }
+    if self.prior != "none":
+      spec.update(prior_lib.feature_spec(batch_size))
+    return spec
+
+  @property
+  def net_in_channels(self) -> int:
+    return int(self.config.model.in_channels)
 
   def init_params(self, rng):
     p = self.patch
-    x = jnp.zeros((1, p, p, self.raw_channels + self.cond_channels), jnp.float32)
+    x = jnp.zeros((1, p, p, self.net_in_channels), jnp.float32)
     return self.model.init(rng, x, jnp.ones((1,), jnp.float32))["params"]
 
   def eps_fn(self, params, train=False, rng=None):
@@ -154,10 +193,23 @@ class DDPMTask(Task):
       return self.model.apply({"params": params}, net_in, t, train=train, rngs=rngs)
     return f
 
+  def condition(self, rgb, camera=None):
+    """(cond, base): the network's condition channels (model range) and the RAW estimate
+    the sample is a residual over (None for plain runs)."""
+    cond = to_model_range(rgb)
+    if self.prior == "none":
+      return cond, None
+    base = prior_lib.rgb_to_raw(rgb, self.default_features if camera is None else camera,
+                                self.protocol)
+    if prior_lib.takes_input(self.prior):
+      cond = jnp.concatenate([cond, to_model_range(base)], axis=-1)
+    return cond, base if prior_lib.is_residual(self.prior) else None
+
   def loss(self, params, batch, rng, train=True):
     d_rng, l_rng = jax.random.split(rng)
-    x0 = to_model_range(batch["raw"])
-    cond = to_model_range(batch["rgb"])
+    cond, base = self.condition(jnp.asarray(batch["rgb"], jnp.float32),
+                                prior_lib.from_batch(batch))
+    x0 = to_model_range(batch["raw"]) if base is None else 2.0 * (batch["raw"] - base)
     loss = losses.conditional_loss(self.eps_fn(params, train, d_rng), self.schedule,
                                    x0, cond, l_rng, self.prediction)
     return loss, {}
@@ -181,8 +233,9 @@ class DDPMTask(Task):
 
   def predict(self, params, inputs, rng, options, noise=None, camera=None):
     """RAW patches in [0, 1] for sRGB patches (B, P, P, 3) in [0, 1], by conditional
-    sampling; `noise` is the start x_T in the model's [-1, 1] space."""
-    cond = to_model_range(jnp.asarray(inputs, jnp.float32))
+    sampling; `noise` is the start x_T in the model's [-1, 1] space. camera: the target
+    camera's features (prior runs; None: the run's default camera)."""
+    cond, base = self.condition(jnp.asarray(inputs, jnp.float32), camera)
     init_rng, sample_rng = jax.random.split(rng)
     if noise is None:
       noise = jax.random.normal(init_rng, cond.shape[:-1] + (self.raw_channels,), jnp.float32)
@@ -193,7 +246,12 @@ class DDPMTask(Task):
                            lambda t: samplers.continuous_alpha_bar(self.schedule, t))
     x0 = samplers.sample(options.sampler, eps, self.schedule, noise, sample_rng,
                          clip_x0=bool(options.clip_x0), **sampler_kwargs(options))
+    if base is not None:
+      return jnp.clip(base + 0.5 * x0, 0.0, 1.0)
     return from_model_range(x0)
+
+  def default_camera(self):
+    return prior_lib.default_profile(self.config) if self.prior != "none" else None
 
   def nfe(self, options):
     return samplers.nfe(options.sampler, num_timesteps=self.schedule.num_timesteps,
@@ -201,7 +259,7 @@ class DDPMTask(Task):
 
   def network(self, params):
     p = self.patch
-    x = jax.ShapeDtypeStruct((1, p, p, self.raw_channels + self.cond_channels), jnp.float32)
+    x = jax.ShapeDtypeStruct((1, p, p, self.net_in_channels), jnp.float32)
     t = jax.ShapeDtypeStruct((1,), jnp.float32)
     return (lambda prm, xx, tt: self.model.apply({"params": prm}, xx, tt, train=False),
             (params, x, t))

@@ -12,6 +12,13 @@
            identical at train and test time: "upi" (UPI inverse `unprocess` with a camera
            profile, `dtdm.upi_profile`) or "regression" (a trained rgb2raw RegressionTask).
 
+The camera of the UPI estimator (and of colour c = "upi"), `dtdm.upi_profile`: "camera" is
+the target camera's own metadata: each patch's features from the batch in training, the
+test image's (or `--like`'s) at inference through predict's camera; "auto" is "camera"
+with real data (data.dir or data.source = "mixed") and UPI's mean camera on the synthetic
+source; "mean", "synthetic" and "manifest" (data.dir's camera) fix one camera. A
+regression estimator that itself takes the camera (prior.mode) gets the same features.
+
 Network: the jisp U-Net on concat[m_t, condition, x] (9 channels) and t (c = x, so the
 colour-position condition is the estimate itself, as in the paper). Data live in [0, 1];
 the diffusion runs in [-1, 1].
@@ -34,8 +41,9 @@ from jisp.core.camera import SYNTHETIC_CAM2RGB
 from jisp.core.errors import ConfigError, OptionError
 from jisp.diffusion import dtdm, losses, samplers, schedules
 from jisp.isp import degrade, upi
+from jisp.isp import prior as prior_lib
 from jisp.models import unet
-from jisp.tasks.base import IOSpec, PredictOptions, Requirements, Task
+from jisp.tasks.base import DETERMINISTIC, IOSpec, PredictOptions, Requirements, Task
 from jisp.tasks.ddpm import to_model_range
 
 DIRECTIONS = {"raw2rgb": ("rgb", "raw"), "rgb2raw": ("raw", "rgb")}  # (target, condition)
@@ -44,11 +52,21 @@ ESTIMATORS = ("upi", "regression")
 # image, c: the colour-position condition).
 CONDITIONS = {"w+c": ("w", "c"), "w": ("w",), "none": ()}
 COLORS = ("x", "upi")  # the test-time c: the estimate x itself (the paper), or UPI's
-PROFILES = ("auto", "mean", "synthetic", "manifest")
+PROFILES = ("auto", "camera", "mean", "synthetic", "manifest")
 
 
 def _bad(key, value, expected):
   return ConfigError(f"bad value for config key '{key}': {value!r} (expected {expected})")
+
+
+def camera_profile_mode(config) -> bool:
+  """Whether the UPI estimator uses the target camera's own features (`dtdm.upi_profile`
+  "camera", or "auto" with real data: data.dir set or data.source 'mixed')."""
+  profile = config.dtdm.upi_profile
+  if profile not in PROFILES:
+    raise _bad("dtdm.upi_profile", profile, " / ".join(PROFILES))
+  real = bool(config.data.get("dir")) or config.data.get("source") == "mixed"
+  return profile == "camera" or (profile == "auto" and real)
 
 
 def upi_cam2rgb(config, camera) -> np.ndarray:
@@ -78,8 +96,13 @@ class DTDMTask(Task):
     d = config.dtdm
     runs = {"estimator": d.estimator_workdir} if (
         d.estimator == "regression" and d.estimator_workdir) else {}
-    camera = d.upi_profile in ("auto", "manifest") and bool(config.data.get("dir"))
+    camera = d.upi_profile in ("auto", "camera", "manifest") and bool(config.data.get("dir"))
     return Requirements(runs=runs, camera=camera)
+
+  @classmethod
+  def batch_camera(cls, config) -> bool:
+    """rgb2raw training computes its estimate from each patch's camera (camera mode)."""
+    return config.dtdm.direction == "rgb2raw" and camera_profile_mode(config)
 
   def __init__(self, config, inputs=None):
     super().__init__(config, inputs)
@@ -122,14 +145,23 @@ class DTDMTask(Task):
       self.degrade_params = degrade.params_from_config(d.get("degrade"))
     except ValueError as e:
       raise ConfigError(f"config block 'dtdm.degrade': {e}") from None
+    self.protocol = config.data.get("protocol", "invisp")
+    self.camera_mode = camera_profile_mode(config)
+    self._g_camera = False
     self._estimate = self._make_estimator()
     self._color = self._upi_estimator() if self.color == "upi" else None
 
   def _upi_estimator(self):
-    """UPI's forward (raw2rgb) or inverse (rgb2raw) with the run's camera profile."""
+    """UPI's forward (raw2rgb) or inverse (rgb2raw): f(c, camera=None) with the camera's
+    features (camera mode; None: the training camera, else the synthetic source's or UPI's
+    average camera, jisp.isp.prior.default_profile) or the run's one fixed profile."""
+    if self.camera_mode:
+      fallback = prior_lib.features(prior_lib.default_profile(self.config, self.inputs.camera))
+      return lambda c, camera=None: prior_lib.estimate(
+          self.direction, c, fallback if camera is None else camera, self.protocol)
     cam = upi.camera_params(upi_cam2rgb(self.config, self.inputs.camera))
     fwd = upi.raw_to_rgb if self.direction == "raw2rgb" else upi.rgb_to_raw
-    return lambda c: jnp.clip(fwd(c, cam), 0.0, 1.0)
+    return lambda c, camera=None: jnp.clip(fwd(c, cam, self.protocol), 0.0, 1.0)
 
   def _make_estimator(self):
     """The test-time x = estimator(condition), [0, 1] -> [0, 1]; None for a raw2rgb run
@@ -147,34 +179,46 @@ class DTDMTask(Task):
                           f"{self.direction!r} is needed, got task {g_task.name!r} "
                           f"{getattr(g_task, 'direction', '')!r}")
       g_params = jax.device_get(g_params)  # constants inside jit, whatever the mesh
-      return lambda c: jnp.clip(g_task.apply(g_params, c), 0.0, 1.0)
+      if g_task.io.camera:  # G takes the camera itself (its prior.mode)
+        self._g_camera = True
+        return lambda c, camera=None: g_task.predict(g_params, c, None, DETERMINISTIC,
+                                                     camera=camera)
+      return lambda c, camera=None: jnp.clip(g_task.apply(g_params, c), 0.0, 1.0)
     return self._upi_estimator()
 
   # -- estimates ------------------------------------------------------------------
-  def estimate(self, cond):
-    """x in [0, 1] for a condition batch, as used at test time."""
+  def estimate(self, cond, camera=None):
+    """x in [0, 1] for a condition batch, as used at test time; camera: the target camera's
+    features with a batch axis (camera mode, or a G that takes them; None: the default)."""
     if self._estimate is None:
       raise OptionError("this raw2rgb DTDM run has no colour network G: set "
                         "dtdm.estimator_workdir to a trained regression_raw2rgb run, or "
                         "dtdm.estimator=upi")
-    return self._estimate(jnp.asarray(cond, jnp.float32))
+    return self._estimate(jnp.asarray(cond, jnp.float32), camera)
 
   def train_estimate(self, batch, rng):
-    """x at training time: D^2(y) for raw2rgb (the paper), the estimator for rgb2raw."""
+    """x at training time: D^2(y) for raw2rgb (the paper), the estimator for rgb2raw (with
+    each patch's camera when the batch carries it)."""
     if self.direction == "raw2rgb":
       return degrade.degrade(rng, batch[self.target_key], self.degrade_params)
-    return self.estimate(batch[self.cond_key])
+    return self.estimate(batch[self.cond_key], prior_lib.from_batch(batch))
 
   # -- protocol ---------------------------------------------------------------------
   @property
   def io(self):
+    upi_used = self.config.dtdm.estimator == "upi" or self.color == "upi"
+    cam = (self.camera_mode and upi_used) or self._g_camera
     return IOSpec(source=self.cond_key, target=self.target_key, in_channels=3,
                   out_channels=3, patch=self.patch, direction=self.direction,
-                  conditions=(self.cond_key, "estimate"), noise_channels=3)
+                  conditions=(self.cond_key, "estimate") + (("camera",) if cam else ()),
+                  noise_channels=3, camera=cam)
 
   def batch_spec(self, batch_size):
     p = self.patch
-    return {k: jax.ShapeDtypeStruct((batch_size, p, p, 3), jnp.float32) for k in ("rgb", "raw")}
+    spec = {k: jax.ShapeDtypeStruct((batch_size, p, p, 3), jnp.float32) for k in ("rgb", "raw")}
+    if self.batch_camera(self.config):
+      spec.update(prior_lib.feature_spec(batch_size))
+    return spec
 
   def init_params(self, rng):
     p = self.patch
@@ -321,8 +365,8 @@ class DTDMTask(Task):
     """y_hat in [0, 1] for condition patches (B, P, P, 3) in [0, 1] (the RAW for raw2rgb,
     the sRGB for rgb2raw); x = the estimator's output on them (G(w) for raw2rgb)."""
     cond01 = jnp.asarray(inputs, jnp.float32)
-    x01 = self.estimate(cond01)
-    c = None if self._color is None else to_model_range(self._color(cond01))
+    x01 = self.estimate(cond01, camera)
+    c = None if self._color is None else to_model_range(self._color(cond01, camera))
     out = self.sample_model_range(params, to_model_range(cond01), to_model_range(x01), rng,
                                   options, noise, c)
     return jnp.clip(out * 0.5 + 0.5, 0.0, 1.0)

@@ -11,20 +11,29 @@ mu + sigma z) or "plain" (clipped L1, no sigma head); alpha, clip_min, clip_max,
 stop_grad_target, test_samples (jisp.losses.soft_supervision has the math).
 `eval.self_ensemble`: average predict over the 8 dihedral transforms of the input.
 
+`prior.mode` = "residual" (jisp.isp.prior; rgb3 output): mu = clip(UPI + r), UPI's
+estimate with the target camera's metadata (each patch's camera features from the batch in
+training, predict's camera at inference) plus the network's unclipped head output r, so an
+all-zero network is exactly UPI. "input" / "both" are not offered: SSDNet's global skip
+(y_r = y + r) needs its input to be the 3-channel sRGB.
+
 Predict options: sampler "none" (default: mu), or sampler "resample" with steps = N draws
 (default soft.test_samples) for a model that has a sigma head: clip(mean of N draws of
 mu + sigma z), drawn as the one equivalent draw mu + sigma z / sqrt(N).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
 from jisp.core import metrics, microbatch
 from jisp.core.errors import ConfigError, OptionError
+from jisp.isp import prior as prior_lib
 from jisp.losses import soft_supervision as ss
 from jisp.models import ssdnet
-from jisp.tasks.base import IOSpec, PredictOptions, Task
+from jisp.tasks.base import IOSpec, PredictOptions, Requirements, Task
 
 STRATEGIES = ("train_resampling", "test_resampling", "plain")
 RESAMPLE = "resample"
@@ -44,6 +53,21 @@ def dihedral_inverse(x, op: int):
   return jnp.flip(x, axis=1) if op >= 4 else x
 
 
+class ResidualSSDNet(ssdnet.SSDNet):
+  """SSDNet with mu's head unclipped (the same parameters): the residual over the prior."""
+
+  def _head(self, x, name, h, w):
+    if name != "out" or self.output != "rgb3":
+      return super()._head(x, name, h, w)
+    return ssdnet.conv(3, 3, name, dtype=self.dtype)(x)[:, :h, :w].astype(jnp.float32)
+
+
+def _residual_model(model: ssdnet.SSDNet) -> ResidualSSDNet:
+  kw = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
+        if f.init and f.name not in ("parent", "name")}
+  return ResidualSSDNet(**kw)
+
+
 def _check_soft(s):
   def bad(key, why):
     return ConfigError(f"bad value for config key 'soft.{key}': {s[key]!r} ({why})")
@@ -61,9 +85,28 @@ def _check_soft(s):
 class SSDNetTask(Task):
   name = "ssdnet"
 
+  @classmethod
+  def requirements(cls, config):
+    return Requirements(camera=prior_lib.mode_of(config) != "none"
+                        and bool(config.data.get("dir")))
+
+  @classmethod
+  def batch_camera(cls, config) -> bool:
+    """Whether training batches carry each patch's camera features."""
+    return prior_lib.mode_of(config) != "none"
+
   def __init__(self, config, inputs=None):
     super().__init__(config, inputs)
     self.model = ssdnet.from_config(config.model)
+    self.prior = prior_lib.mode_of(config)
+    if self.prior != "none":
+      if self.prior != "residual" or self.model.output != "rgb3":
+        raise ConfigError(f"config key 'prior.mode'={self.prior!r}: SSDNet takes the prior "
+                          "as a residual base ('residual') with model.output='rgb3' only")
+      self.protocol = prior_lib.check_protocol(config, self.prior)
+      self.model = _residual_model(self.model)
+    self.default_features = prior_lib.features(
+        prior_lib.default_profile(config, self.inputs.camera))
     self.soft = config.soft
     _check_soft(self.soft)
     self.strategy = self.soft.strategy
@@ -79,9 +122,11 @@ class SSDNetTask(Task):
   # ------------------------------------------------------------------ description
   @property
   def io(self):
+    cam = self.prior != "none"
     return IOSpec(source="rgb", target="raw", in_channels=3,
                   out_channels=self.model.out_channels, patch=self.patch,
-                  direction="rgb2raw", conditions=("rgb",))
+                  direction="rgb2raw", conditions=("rgb", "camera") if cam else ("rgb",),
+                  camera=cam)
 
   def raw_shape(self, batch: int, patch: int) -> tuple[int, ...]:
     """Shape of the "raw" batch for sRGB patches of `patch` pixels."""
@@ -92,16 +137,27 @@ class SSDNetTask(Task):
     """One batch of `patch` (default data.patch_size) sRGB pixels: progressive training
     asks for each stage's patch."""
     p = int(patch or self.patch)
-    return {"rgb": jax.ShapeDtypeStruct((batch_size, p, p, 3), jnp.float32),
+    spec = {"rgb": jax.ShapeDtypeStruct((batch_size, p, p, 3), jnp.float32),
             "raw": jax.ShapeDtypeStruct(self.raw_shape(batch_size, p), jnp.float32)}
+    if self.prior != "none":
+      spec.update(prior_lib.feature_spec(batch_size))
+    return spec
 
   def init_params(self, rng):
     x = jnp.zeros((1, self.patch, self.patch, 3), jnp.float32)
     return self.model.init(rng, x, sigma=self.has_sigma)["params"]
 
-  def apply(self, params, rgb, sigma: bool = False):
-    """{"mu", and "sigma" when asked} for sRGB (B, H, W, 3) in [0, 1]; both clipped."""
-    return self.model.apply({"params": params}, jnp.asarray(rgb, jnp.float32), sigma=sigma)
+  def apply(self, params, rgb, sigma: bool = False, camera=None):
+    """{"mu", and "sigma" when asked} for sRGB (B, H, W, 3) in [0, 1]; both clipped.
+    camera: the target camera's features with a batch axis (prior runs; None: the run's
+    default camera)."""
+    x = jnp.asarray(rgb, jnp.float32)
+    out = self.model.apply({"params": params}, x, sigma=sigma)
+    if self.prior == "none":
+      return out
+    base = prior_lib.rgb_to_raw(x, self.default_features if camera is None else camera,
+                                self.protocol)
+    return dict(out, mu=jnp.clip(base + out["mu"], 0.0, 1.0))
 
   def _loss(self, out, x_gt, rng):
     """(loss, {"loss_mu": its mu term, "loss_sigma": its unweighted sigma term})."""
@@ -121,7 +177,8 @@ class SSDNetTask(Task):
 
   def loss(self, params, batch, rng, train=True):
     del train
-    out = self.apply(params, batch["rgb"], sigma=self.has_sigma)
+    out = self.apply(params, batch["rgb"], sigma=self.has_sigma,
+                     camera=prior_lib.from_batch(batch))
     loss, aux = self._loss(out, batch["raw"], rng)
     aux["l1"] = jnp.mean(jnp.abs(out["mu"] - batch["raw"]))
     return loss, aux
@@ -132,7 +189,8 @@ class SSDNetTask(Task):
     before clipping it adds sum(sigma^2)/N to the squared error)."""
     x_gt = batch["raw"]
     loss_rng, draw_rng = jax.random.split(rng)
-    out = self.apply(params, batch["rgb"], sigma=self.has_sigma)
+    out = self.apply(params, batch["rgb"], sigma=self.has_sigma,
+                     camera=prior_lib.from_batch(batch))
     loss, aux = self._loss(out, x_gt, loss_rng)
     m = {"loss": loss, "l1": jnp.mean(jnp.abs(out["mu"] - x_gt)),
          "psnr": metrics.batch_psnr(out["mu"], x_gt)}
@@ -169,18 +227,23 @@ class SSDNetTask(Task):
     b, h, w = in_shape[:3]
     return (b, h // 2, w // 2, 4) if self.packed else (b, h, w, 3)
 
-  def _predict_once(self, params, x, z, options):
+  def _predict_once(self, params, x, z, options, camera=None):
     if options.sampler != RESAMPLE:
-      return self.apply(params, x)["mu"]
-    out = self.apply(params, x, sigma=True)
+      return self.apply(params, x, camera=camera)["mu"]
+    out = self.apply(params, x, sigma=True, camera=camera)
     return ss.resample_mean(out["mu"], out["sigma"], z, int(options.steps))
 
-  def _predict_chunked(self, params, x, z, options):
-    if z is None:
-      return microbatch.microbatched(lambda xx: self._predict_once(params, xx, None, options),
-                                     options.net_chunk)(x)
-    return microbatch.microbatched(lambda xx, zz: self._predict_once(params, xx, zz, options),
-                                   options.net_chunk)(x, z)
+  def _predict_chunked(self, params, x, z, options, camera=None):
+    args = [x] + ([] if z is None else [z])
+    if self.prior != "none":
+      cam = prior_lib.batched(self.default_features if camera is None else camera, x.shape[0])
+      args += [cam["rgb2cam"], cam["wb"]]
+
+    def one(*a):
+      zz = None if z is None else a[1]
+      cc = {"rgb2cam": a[-2], "wb": a[-1]} if self.prior != "none" else None
+      return self._predict_once(params, a[0], zz, options, cc)
+    return microbatch.microbatched(one, options.net_chunk)(*args)
 
   def predict(self, params, inputs, rng, options, noise=None, camera=None):
     """RAW in [0, 1] for sRGB (B, P, P, 3): packed (B, P/2, P/2, 4) or (B, P, P, 3).
@@ -200,12 +263,15 @@ class SSDNetTask(Task):
                                self.out_shape(dihedral(x, op).shape), jnp.float32)
 
     if not self.self_ensemble:
-      return self._predict_chunked(params, x, z_for(0), options)
+      return self._predict_chunked(params, x, z_for(0), options, camera)
     total = 0.0
     for op in range(DIHEDRAL_OPS):
-      y = self._predict_chunked(params, dihedral(x, op), z_for(op), options)
+      y = self._predict_chunked(params, dihedral(x, op), z_for(op), options, camera)
       total = total + dihedral_inverse(y, op)
     return total / DIHEDRAL_OPS
+
+  def default_camera(self):
+    return prior_lib.default_profile(self.config) if self.prior != "none" else None
 
   def nfe(self, options):
     del options

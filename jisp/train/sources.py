@@ -9,7 +9,7 @@ from __future__ import annotations
 from jisp.core.camera import PROTOCOLS
 from jisp.core.errors import ConfigError, DataError
 
-SOURCES = ("synthetic", "shards", "zrr")
+SOURCES = ("synthetic", "shards", "zrr", "mixed")
 
 
 def _get(dcfg, key, default=None):
@@ -24,9 +24,21 @@ def _source_name(dcfg) -> str:
   return source
 
 
+def camera_in_batch(config) -> bool:
+  """Whether the config's task takes each patch's camera features from its batches
+  ("rgb2cam", "wb"): the task class says so (`batch_camera(config)`; default no)."""
+  if "task" not in config:
+    return False
+  from jisp import tasks
+  fn = getattr(tasks.task_class(config), "batch_camera", None)
+  return bool(fn(config)) if fn is not None else False
+
+
 def uses_shards(config) -> bool:
   """Whether `config` reads prepared shards (data.dir set, or source 'shards')."""
   source = _source_name(config.data)
+  if source == "mixed":
+    return bool(_get(config.data, "dir")) and float(_get(config.data, "virtual_ratio", 0.5)) < 1
   return source != "zrr" and (bool(_get(config.data, "dir")) or source == "shards")
 
 
@@ -93,8 +105,17 @@ def make_source(config, split: str, *, local_batch: int, process_index: int,
                 process_count: int, train: bool = True):
   dcfg = config.data
   seed = config.seed if train else config.seed + 1
-  check_data(config, splits=(split,))
   source = _source_name(dcfg)
+  camera = camera_in_batch(config)
+  if source == "mixed":
+    return _mixed_source(config, split, local_batch=local_batch, seed=seed, train=train,
+                         process_index=process_index, process_count=process_count,
+                         camera=camera)
+  if camera and (source in ("zrr", "aim") or _get(dcfg, "protocol") == "aim"):
+    raise ConfigError(f"the task takes each patch's camera (prior.mode / dtdm.upi_profile) "
+                      f"but data.source={source!r} has no camera metadata; use prepared "
+                      "shards, 'mixed' or 'synthetic'")
+  check_data(config, splits=(split,))
   if source == "zrr":  # Zurich RAW-to-RGB folder layout, read directly
     from jisp.data.zrr import ZRRSource
     return ZRRSource(dcfg.dir, patch_size=dcfg.patch_size, local_batch=local_batch, seed=seed,
@@ -104,8 +125,51 @@ def make_source(config, split: str, *, local_batch: int, process_index: int,
     from jisp.data.pipeline import ShardSource  # TensorFlow only when shards are used
     return ShardSource(dcfg.dir, split, patch_size=dcfg.patch_size, local_batch=local_batch,
                        seed=seed, process_index=process_index, process_count=process_count,
-                       augment=train, repeat=True)
+                       augment=train, repeat=True, camera=camera)
   from jisp.data.synthetic import SyntheticSource
   return SyntheticSource(patch_size=dcfg.patch_size, local_batch=local_batch, seed=seed,
                          process_index=process_index, process_count=process_count,
-                         split="train" if train else "test")
+                         split="train" if train else "test", camera=camera)
+
+
+def _mixed_source(config, split, *, local_batch, seed, train, process_index, process_count,
+                  camera):
+  """data.source = 'mixed': prepared shards (data.dir) and virtual-camera pairs made on the
+  fly (jisp.data.virtual_pairs), data.virtual_ratio of each batch virtual (1: no shards
+  needed). Evaluation uses the real test split when it has patches, else virtual pairs."""
+  from jisp.core.camera import CameraProfile
+  from jisp.data import virtual_pairs as vp
+  dcfg = config.data
+  ratio = float(_get(dcfg, "virtual_ratio", 0.5))
+  n_real, n_virtual = vp.split_batch(local_batch, ratio)
+  data_dir = _get(dcfg, "dir")
+  if n_real and not data_dir:
+    raise ConfigError(f"config key 'data.dir' must name prepared shards when "
+                      f"data.source='mixed' and data.virtual_ratio={ratio} < 1")
+  pool = _get(dcfg, "virtual_matrices", "upi+data")
+  if pool not in vp.MATRIX_POOLS:
+    raise ConfigError(f"bad value for config key 'data.virtual_matrices': {pool!r} (expected "
+                      f"one of {', '.join(vp.MATRIX_POOLS)})")
+  extra = []
+  man = check_data(config, splits=("train",)) if (data_dir and n_real) else None
+  if man is not None and pool == "upi+data":
+    cams = man.get("cameras") or {}
+    extra = [vp.profile_matrix(CameraProfile.from_dict(cams[c])) for c in sorted(cams)]
+  common = dict(process_index=process_index, process_count=process_count, seed=seed)
+  if man is not None:
+    from jisp.data.pipeline import ShardSource  # TensorFlow only when shards are used
+    test_patches = sum(int(s["n"]) for s in man.get("shards", {}).get("test", []))
+    if not train and test_patches:
+      return ShardSource(data_dir, "test", patch_size=dcfg.patch_size, local_batch=local_batch,
+                         augment=False, repeat=True, camera=camera, **common)
+    real = ShardSource(data_dir, split, patch_size=dcfg.patch_size, local_batch=n_real,
+                       augment=train, repeat=True, camera=camera, **common) if train else None
+    if not n_virtual:
+      return real
+  else:
+    real = None
+  virtual = vp.VirtualPairSource(
+      patch_size=dcfg.patch_size, local_batch=n_virtual if (train and real) else local_batch,
+      split="train" if train else "test", protocol=_get(dcfg, "protocol", "invisp") or "invisp",
+      camera=camera, extra_matrices=extra, render=_get(dcfg, "virtual_render", "mhc"), **common)
+  return vp.MixedSource(real, virtual) if real is not None else virtual
