@@ -41,6 +41,18 @@ def _photo(h=45, w=67, seed=0):
   return (np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)
 
 
+def _ifd0_tags(path) -> dict:
+  with tifffile.TiffFile(path) as tf:
+    return {t.name: t.value for t in tf.pages[0].tags.values()}
+
+
+def _scene(h=48, w=64):
+  """A smooth photo (gradients and blobs) of real colours, not noise."""
+  y, x = np.mgrid[0:h, 0:w] / max(h, w)
+  rgb = np.stack([0.2 + 0.6 * x, 0.3 + 0.5 * np.sin(3 * y) ** 2, 0.7 - 0.5 * x * y], -1)
+  return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+
+
 def test_reconstruct_writes_dng_preview_and_tiff(run_dir, tmp_path, capsys):
   import rawpy
   src = tmp_path / "in"
@@ -64,6 +76,11 @@ def test_reconstruct_writes_dng_preview_and_tiff(run_dir, tmp_path, capsys):
     t = tifffile.imread(out / f"{stem}_raw16.tif")
     assert t.shape == (45, 67, 3) and t.dtype == np.uint16
     assert np.asarray(Image.open(out / f"{stem}_preview.png")).shape == (45, 67, 3)
+    # the DNG names what made it: jisp, the run, its step and the sampler
+    tags = _ifd0_tags(out / f"{stem}.dng")
+    assert tags["Software"].startswith("jisp ")
+    for part in (f"run {run_dir.name} step 2", "ddim (3 NFE"):
+      assert part in tags["Software"] and part in tags["ProfileName"]
 
 
 def test_raw_space_inversion_reproduces_the_camera_mosaic(vraw, tmp_path):
@@ -226,3 +243,123 @@ def test_predictor_compiles_once_per_chunk_size_and_is_deterministic(run_dir):
   # each patch's result depends only on its own input and noise, not on its chunk mates
   y2 = pr(big[:5], z[:5], key)
   np.testing.assert_allclose(y2, y[:5], atol=1e-3)  # batch-size float noise only
+
+
+# --------------------------------------------------------------------------- issue 17
+
+def _exif_jpeg(path, orientation=1):
+  """A camera-like JPEG made with Pillow: IFD0 names, EXIF exposure / lens / time, GPS."""
+  from PIL.TiffImagePlugin import IFDRational as R
+  ex = Image.Exif()
+  ex[0x010F], ex[0x0110] = "FUJIFILM", "X-T4"
+  ex[0x0112] = orientation
+  ex[0x013B], ex[0x8298] = "Ada Lovelace", "(c) 2024 Ada Lovelace"
+  sub = ex.get_ifd(0x8769)
+  sub[0x9003] = "2024:05:17 18:42:07"            # DateTimeOriginal
+  sub[0x9011] = "+02:00"                         # OffsetTimeOriginal
+  sub[0x9291] = "250"                            # SubSecTimeOriginal
+  sub[0x829A], sub[0x829D] = R(1, 250), R(28, 10)  # ExposureTime, FNumber
+  sub[0x8827] = 800                              # ISO
+  sub[0x920A] = R(35, 1)                         # FocalLength
+  sub[0xA434] = "XF35mmF1.4 R"                   # LensModel
+  gps = ex.get_ifd(0x8825)
+  gps[0], gps[1], gps[3], gps[5] = b"\x02\x03\x00\x00", "N", "E", b"\x00"
+  gps[2] = (R(48, 1), R(8, 1), R(3030, 100))
+  gps[4] = (R(11, 1), R(34, 1), R(1200, 100))
+  gps[6] = R(519, 1)
+  Image.fromarray(_scene(40, 64)).save(path, exif=ex.tobytes(), quality=92)
+
+
+def test_dng_carries_the_photos_metadata_and_preview(tmp_path, capsys):
+  """--method upi (no training): the DNG gets the photo's EXIF, its name, a preview of the
+  (upright) input, jisp's names, D65 and BaselineExposure 0."""
+  from jisp.core import dng, exif
+  _exif_jpeg(tmp_path / "photo.jpg", orientation=6)
+  src = exif.read_photo_metadata(tmp_path / "photo.jpg")
+  assert src.iso == 800 and src.gps is not None and not src.problems
+  rc = _reconstruct("--method", "upi", tmp_path / "photo.jpg", "-o", tmp_path / "o",
+                    "--no-progress")
+  assert rc == 0
+  path = tmp_path / "o" / "photo.dng"
+  got = exif.read_photo_metadata(path)
+  for field in ("datetime_original", "offset_time_original", "subsec_time_original",
+                "exposure_time", "f_number", "iso", "focal_length", "lens_model", "artist",
+                "copyright", "gps"):
+    assert getattr(got, field) == getattr(src, field), field
+  assert got.make == "FUJIFILM" and got.model == "X-T4 (jisp)"  # source kept, marked jisp
+  assert got.orientation == 1  # pixels are stored upright
+  tags = _ifd0_tags(path)
+  assert tags["OriginalRawFileName"] == "photo.jpg"
+  assert "method upi" in tags["Software"] and "one deterministic pass" in tags["Software"]
+  assert tags["ProfileName"].startswith("jisp UPI average camera")
+  assert tags["CalibrationIlluminant1"] == 21
+  assert tags["BaselineExposure"][0] == 0
+  with tifffile.TiffFile(path) as tf:
+    prev = tf.pages[0].asarray()
+    raw = tf.pages[0].pages[0] if tf.pages[0].pages else tf.series[1].pages[0]
+    assert raw.shape == (64, 40)  # upright: the JPEG's orientation 6 applied
+  upright, _ = images.read_image(tmp_path / "photo.jpg")
+  np.testing.assert_array_equal(prev, dng.make_preview(images.to_uint8(upright)))
+  import rawpy
+  with rawpy.imread(str(path)) as r:
+    assert r.raw_image_visible.shape == (64, 40) and r.sizes.flip == 0
+
+
+def test_too_small_for_a_dng_fails_before_sampling(tmp_path):
+  from jisp.core import dng
+  run = runs.baseline_run("upi")
+  pr = predict.PatchPredictor(run.task, run.params, None, max_batch=8)
+  Image.fromarray(_photo(dng.MIN_SIDE - 1, 60)).save(tmp_path / "thin.png")
+  msgs = []
+  failed = reconstruct.reconstruct_files(run, pr, [tmp_path / "thin.png"], tmp_path / "o",
+                                         reconstruct.Tiling(8), profile=run.task.default_camera(),
+                                         protocol="invisp", warn=msgs.append, log=msgs.append)
+  assert failed == 1 and len(msgs) == 1
+  assert "thin.png" in msgs[0] and "too small for a DNG" in msgs[0] and "22" in msgs[0]
+  assert pr.compile_seconds == {}  # refused before anything was compiled or sampled
+  assert not list((tmp_path / "o").iterdir())
+
+
+def test_check_prints_the_look_round_trip(tmp_path, capsys):
+  from jisp.core import dng
+  from jisp.infer import look
+  Image.fromarray(_scene()).save(tmp_path / "a.png")
+  rc = _reconstruct("--method", "upi", tmp_path / "a.png", "-o", tmp_path / "o", "--check",
+                    "--no-progress")
+  assert rc == 0
+  line = [l for l in capsys.readouterr().out.splitlines() if "look round trip" in l]
+  assert len(line) == 1 and "a.dng" in line[0]
+  want = look.look_metrics(look.render_dng(tmp_path / "o" / "a.dng"),
+                           dng.even_crop(images.read_image(tmp_path / "a.png")[0]))
+  assert look.describe(want) in line[0] and 15 < want["psnr"] < 60 and want["de2000"] > 0
+
+
+def test_upi_like_moves_the_dng_to_the_reference_camera(vraw, tmp_path):
+  """--method upi --like REF: the DNG takes REF's CFA, levels, white balance and colour
+  matrix, and its camera RGB has REF's colour (chromaticity) where the default camera's
+  does not."""
+  from jisp.core.camera import target_gains
+  from jisp.data import pairs, raw_io
+  cap = raw_io.read_capture(vraw[0])
+  render = raw_io.render_srgb(cap)
+  Image.fromarray(render).save(tmp_path / "shot.png")  # the camera's own rendering
+  for name, extra in (("plain", ()), ("like", ("--like", vraw[0]))):
+    assert _reconstruct("--method", "upi", tmp_path / "shot.png", "-o", tmp_path / name,
+                        "--no-progress", *extra) == 0
+  default, like = (raw_io.read_capture(tmp_path / n / "shot.dng") for n in ("plain", "like"))
+  assert like.pattern == cap.pattern and like.white_level == cap.white_level
+  np.testing.assert_allclose(like.black_level, cap.black_level)
+  np.testing.assert_allclose(like.wb, cap.wb, rtol=1e-4)
+  np.testing.assert_allclose(like.color_matrix, cap.color_matrix, atol=1e-5)
+  assert (default.pattern, default.white_level) != (cap.pattern, cap.white_level) or \
+      not np.allclose(default.color_matrix, cap.color_matrix, atol=1e-3)
+
+  lin = np.asarray(pairs.make_pair(cap, render, "linear")["raw"]) / target_gains(cap.wb)
+  def colour(x):  # log R/G and B/G of the mean camera RGB: the image's overall colour
+    m = np.asarray(x, np.float64).reshape(-1, 3).mean(0)
+    return np.log(m[[0, 2]] / m[1])
+  def colour_error(tif):
+    return float(np.abs(colour(tifffile.imread(tif) / 65535) - colour(lin)).sum())
+  e_default = colour_error(tmp_path / "plain" / "shot_raw16.tif")
+  e_like = colour_error(tmp_path / "like" / "shot_raw16.tif")
+  assert e_like < 0.5 * e_default, (e_like, e_default)

@@ -1,5 +1,6 @@
 """`jisp reconstruct --workdir D INPUT... -o OUT`: sRGB photos -> DNG (RAW -> sRGB runs: RAW
-files -> PNG)."""
+files -> PNG). `--method upi` needs no trained run; `--check` renders each DNG back and
+prints how closely it reproduces the photo; an interrupted run resumes where it stopped."""
 from __future__ import annotations
 
 import sys
@@ -15,6 +16,11 @@ def add_parser(sub, name):
   common.add_run_args(r)
   r.add_argument("--like", default=None, metavar="REFERENCE_RAW",
                  help="take Bayer layout, levels, white balance and colour matrix from this RAW")
+  r.add_argument("--check", action="store_true",
+                 help="render each DNG with LibRaw (the protocol's settings) and print its "
+                      "PSNR and mean CIEDE2000 against the input photo")
+  r.add_argument("--no-resume", action="store_true",
+                 help="do not keep sampled tiles for resuming (OUT/.STEM.tiles/)")
   common.add_predict_args(r)
   common.add_tiling_args(r)
   r.set_defaults(func=run)
@@ -24,23 +30,29 @@ def add_parser(sub, name):
 def run(args, rest) -> int:
   """0 all written, 1 some inputs failed, 2 bad run/options (raised)."""
   common.split_overrides(rest)
+  from jisp.core.errors import OptionError
   from jisp.core.fileio import ensure_output_dir
   from jisp.infer import reconstruct
   run_ = common.load_run(args)
   protocol = reconstruct.data_protocol(run_.config)
   predictor = common.make_predictor(run_, args)
   tile = reconstruct.make_tiling(predictor.patch, args.overlap, args.grid, args.shared_noise)
+  raw_out = predictor.io.target == "raw"
+  if args.check:  # before hours of sampling, not after
+    if not raw_out:
+      raise OptionError("--check renders DNGs: it applies to sRGB -> RAW runs")
+    from jisp.infer import look
+    look.check_available()
   profile, desc = (reconstruct.camera_profile(run_.config, args.like,
                                                run_.task.default_camera())
-                   if predictor.io.target == "raw" else (None, "sRGB output"))
-  ensure_output_dir(args.out)  # before hours of sampling, not after
-  what = f"run {run_.workdir} step {run_.step}" if run_.workdir else f"method {args.method}"
-  print(f"jisp reconstruct: {what}, {predictor.describe()}, {tile.name}, camera: {desc}",
-        flush=True)
+                   if raw_out else (None, "sRGB output"))
+  ensure_output_dir(args.out)
+  print(f"jisp reconstruct: {reconstruct.run_description(run_, predictor)}, {tile.name}, "
+        f"camera: {desc}", flush=True)
   failed = reconstruct.reconstruct_files(
       run_, predictor, args.inputs, args.out, tile, profile=profile, protocol=protocol,
-      seed=args.seed, progress=not args.no_progress,
-      log=lambda m: print(m, flush=True),
+      seed=args.seed, progress=not args.no_progress, check=args.check,
+      resume=not args.no_resume, log=lambda m: print(m, flush=True),
       warn=lambda m: print(f"jisp reconstruct: error: {m}", file=sys.stderr,
                            flush=True))
   return 1 if failed else 0

@@ -10,6 +10,11 @@ the render); the task maps its io.source image to its io.target image with tilin
   raw_psnr_full  one PSNR over the whole image;  raw_ssim  mean SSIM over the image
   seam_ratio     jump of the error across tile edges / elsewhere (1 = seamless)
   seconds        reconstruction wall time (compile excluded, reported apart)
+  look_psnr, look_de2000  the look round trip (jisp.infer.look; sRGB -> RAW tasks): the
+                 predicted RAW written as a DNG of the test file's camera (its sensor order
+                 and orientation) and rendered as the protocol renders, against the input
+                 sRGB; PSNR and mean CIEDE2000. Next to it, per image, `look_true_raw`:
+                 the same for the true RAW (what a perfect prediction scores: the JPEG's loss)
 Tasks that render (io.direction "both", the flow ISP) are scored by their own real-JPEG
 round trip (jisp.infer.roundtrip) instead.
 
@@ -69,7 +74,26 @@ def load_pair(path, protocol: str) -> dict:
   pair = pairs.make_pair(cap, raw_io.render_srgb(cap), protocol)
   return {"rgb": np.asarray(pair["rgb"], np.float32),
           "raw": np.asarray(pair["raw"], np.float32), "bits": int(cap.bits),
-          "camera": camera_features(cap.profile())}
+          "camera": camera_features(cap.profile()), "look": look_setup(cap)}
+
+
+def look_setup(cap) -> dict:
+  """What the look round trip needs of a test file: its DNG profile, orientation and the
+  white-balance multipliers its render used."""
+  from jisp.infer import look
+  return {"profile": reconstruct._complete(cap.profile()), "orientation": int(cap.orientation),
+          "wb": look.source_wb(cap)}
+
+
+def look_score(raw, rgb, protocol: str, setup: dict) -> dict:
+  """{'look_psnr', 'look_de2000'} of a protocol-space RAW (upright) against the sRGB."""
+  from jisp.core import dng
+  from jisp.infer import look
+  codes = reconstruct.raw_to_codes(raw, protocol, setup["profile"], setup["orientation"])
+  m = look.look_metrics(look.render_mosaic(codes, setup["profile"],
+                                           orientation=setup["orientation"], wb=setup["wb"]),
+                        dng.even_crop(rgb))
+  return {"look_psnr": m["psnr"], "look_de2000": m["de2000"]}
 
 
 def tilings(patch: int, overlap=None, grid=False, shared_noise=False, report_all=False
@@ -107,16 +131,22 @@ def _load_all(files, protocol, log):
 
 
 def evaluate(run, predictor, files, protocol, settings, *, seed=0, progress=False,
-             log=None, extra_metrics=None) -> tuple[dict, list]:
-  """Scores every file under every tiling setting. Returns (results, report rows)."""
+             log=None, extra_metrics=None, look=True) -> tuple[dict, list]:
+  """Scores every file under every tiling setting. Returns (results, report rows).
+  look: also score the look round trip (sRGB -> RAW tasks with 3-channel RAW)."""
   key = jax.random.PRNGKey(seed)
   io = predictor.io
   loaded, skipped = _load_all(files, protocol, log)
+  with_look = bool(look) and io.source == "rgb" and io.target == "raw" and \
+      protocol in PROTOCOL_GAMMA and reconstruct.out_scale(io) == 1
   per_image, rows = [], []
   for i, (path, pair) in enumerate(loaded):
     inp, true = pair[io.source], pair[io.target]
     camera = pair["camera"] if io.camera else None
     entry = {"file": str(path), "size": [int(inp.shape[0]), int(inp.shape[1])], "results": {}}
+    if with_look:
+      t = look_score(true, inp, protocol, pair["look"])
+      entry["look_true_raw"] = {"psnr": t["look_psnr"], "de2000": t["look_de2000"]}
     for j, s in enumerate(settings):
       layout = s.layout(inp.shape, predictor.patch)
       predictor.warm(len(layout), camera)
@@ -126,12 +156,16 @@ def evaluate(run, predictor, files, protocol, settings, *, seed=0, progress=Fals
       secs = time.perf_counter() - t0
       r = score(pred, true, layout, extra_metrics)
       r.update(seconds=secs, patches=len(layout))
+      if with_look:
+        r.update(look_score(pred, inp, protocol, pair["look"]))
       entry["results"][s.name] = r
       if j == 0:
         rows.append((path.name, inp, pred, true, r["raw_psnr"]))
       if log:
+        looks = (f"; look PSNR {r['look_psnr']:.2f} dB, CIEDE2000 {r['look_de2000']:.2f}"
+                 if with_look else "")
         log(f"{path.name} [{s.name}]: {target_name(io)} PSNR {r['raw_psnr']:.2f} dB "
-            f"(3x3 tiles), {secs:.2f} s")
+            f"(3x3 tiles), {secs:.2f} s{looks}")
     per_image.append(entry)
 
   summary = []
@@ -143,7 +177,9 @@ def evaluate(run, predictor, files, protocol, settings, *, seed=0, progress=Fals
                         shared_noise=s.shared_noise, mean_raw_psnr=mean("raw_psnr"),
                         mean_raw_psnr_full=mean("raw_psnr_full"),
                         mean_raw_ssim=mean("raw_ssim"), mean_seam_ratio=mean("seam_ratio"),
-                        seconds_per_image=mean("seconds")))
+                        seconds_per_image=mean("seconds"),
+                        mean_look_psnr=mean("look_psnr") if with_look else None,
+                        mean_look_de2000=mean("look_de2000") if with_look else None))
   results = {
       "workdir": run.workdir, "step": run.step, "task": run.task.name,
       "target": io.target,  # what *_raw_psnr measures
@@ -156,8 +192,19 @@ def evaluate(run, predictor, files, protocol, settings, *, seed=0, progress=Fals
       "compile_seconds": {str(k): v for k, v in predictor.compile_seconds.items()},
       "rgb_metrics": None,  # no forward model in this task
       "settings": summary, "images": per_image,
+      "mean_look_psnr": summary[0]["mean_look_psnr"],
+      "mean_look_de2000": summary[0]["mean_look_de2000"],
+      "mean_look_true_raw_psnr": _mean_of(e.get("look_true_raw", {}).get("psnr")
+                                          for e in per_image),
+      "mean_look_true_raw_de2000": _mean_of(e.get("look_true_raw", {}).get("de2000")
+                                            for e in per_image),
   }
   return results, rows
+
+
+def _mean_of(values):
+  vs = [v for v in values if v is not None]
+  return float(np.mean(vs)) if vs else None
 
 
 def evaluate_roundtrip(run, files, protocol, log=None) -> tuple[dict, list]:
@@ -257,6 +304,11 @@ def summary_lines(results: dict) -> list[str]:
   name = "sRGB" if results["target"] == "rgb" else "RAW"
   lines = [f"{name} PSNR {s['mean_raw_psnr']:.2f} dB (3x3 tiles, mean of "
            f"{results['n_images']} images), {s['seconds_per_image']:.2f} s/image"]
+  if s.get("mean_look_psnr") is not None:
+    lines.append(f"look round trip (LibRaw rendering of the DNG vs the input sRGB): PSNR "
+                 f"{s['mean_look_psnr']:.2f} dB, mean CIEDE2000 {s['mean_look_de2000']:.2f}; "
+                 f"the true RAW scores {results['mean_look_true_raw_psnr']:.2f} dB, "
+                 f"{results['mean_look_true_raw_de2000']:.2f}")
   if len(results["settings"]) > 1:
     lines.append(tiling_table(results["settings"]))
   return lines
