@@ -88,6 +88,8 @@ def check_data(config, splits=("train",), verify: str = "none") -> dict | None:
     raise ConfigError(f"config key 'data.camera' is {camera!r} but {where} holds "
                       f"{', '.join(repr(c) for c in cams)}; set --config.data.camera= (any "
                       "camera) or a part of one of those names")
+  if source == "mixed":  # no test split: evaluation uses virtual test-split pairs
+    splits = [sp for sp in splits if sp != "test"]
   for split in splits:
     if sum(int(s["n"]) for s in man.get("shards", {}).get(split, [])) == 0:
       have = sorted(k for k, v in man.get("shards", {}).items() if v)

@@ -1,0 +1,220 @@
+"""Leave one camera out: each learned sRGB -> RAW method against UPI on a camera it never saw.
+
+    python -m jisp.experiments.loco --raw-dir ../shared/data/raw --workdir W --cpu-seconds 300
+
+For every camera C among the RAW files of --raw-dir (grouped by the camera name LibRaw
+reads):
+  data    the other cameras' files, symlinked into W/C/train_raw, prepared by the library of
+          `jisp prepare` (invisp protocol, 64 px patches, stride 32, all files train);
+          C's own files symlinked into W/C/test_raw
+  train   every method on W/C/data (by default mixed with virtual-camera pairs:
+          data.source=mixed), for the same CPU time: two short calibration runs give the
+          CPU seconds of one training step (the difference of their CPU use over the
+          difference of their steps, so compilation cancels; a first tiny run fills JAX's
+          compilation cache so both find it full), and the run then gets the
+          steps that fit --cpu-seconds, so its learning-rate schedule runs to its end
+  test    `jisp eval` of each run on W/C/test_raw: each test file's own metadata reaches
+          the methods that take the camera (prior.mode, dtdm.upi_profile=camera), and
+          `jisp eval --method upi` (Brooks et al.'s unprocessing with that metadata)
+Writes W/loco.json (every number, CPU seconds per run, the commands) and W/loco.md (RAW
+PSNR per held-out camera and method, and each method's margin over UPI).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import resource
+import subprocess
+import sys
+import time
+
+from jisp.core.fileio import atomic_write_json, atomic_write_text
+
+# name -> (config, overrides, eval options); tiny configs with the camera as an input.
+METHODS = {
+    "regression": ("regression_rgb2raw_tiny.py:prior=both", [], []),
+    "ssdnet": ("ssdnet_tiny.py:prior=residual", ["--config.stages=()"], []),
+    "ddpm": ("ddpm_tiny.py:prior=both", [],
+             ["--sampler", "dpm_solver", "--steps", "10"]),
+    "dtdm": ("dtdm_rgb2raw_tiny.py", ["--config.dtdm.upi_profile=camera"],
+             ["--steps", "10"]),
+}
+CALIBRATION_STEPS = (5, 45)
+PATCH = 64
+
+
+def _cpu() -> float:
+  r = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return r.ru_utime + r.ru_stime
+
+
+def _jisp(*args, log=None) -> tuple[float, float]:
+  """Runs `jisp ARGS` in a subprocess; (CPU seconds, wall seconds) it used."""
+  c0, t0 = _cpu(), time.time()
+  p = subprocess.run([sys.executable, "-m", "jisp", *map(str, args)], capture_output=True,
+                     text=True)
+  if p.returncode != 0:
+    raise RuntimeError(f"jisp {' '.join(map(str, args))} failed ({p.returncode}):\n"
+                       f"{p.stderr[-3000:]}")
+  if log:
+    log(p.stdout.strip().splitlines()[-1] if p.stdout.strip() else "")
+  return _cpu() - c0, time.time() - t0
+
+
+def cameras_of(raw_dir) -> dict[str, list[pathlib.Path]]:
+  """{camera name: its RAW files} of a folder (files LibRaw cannot read are left out)."""
+  from jisp.data import prepare, raw_io
+  out: dict[str, list[pathlib.Path]] = {}
+  for p in prepare.list_raw_files(pathlib.Path(raw_dir)):
+    try:
+      out.setdefault(raw_io.read_capture(p).camera, []).append(p.resolve())
+    except (OSError, raw_io.RawFormatError):
+      continue
+  return out
+
+
+def _links(folder: pathlib.Path, files) -> pathlib.Path:
+  folder.mkdir(parents=True, exist_ok=True)
+  for f in files:
+    link = folder / f.name
+    if not link.exists():
+      link.symlink_to(f)
+  return folder
+
+
+def _slug(name: str) -> str:
+  return "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
+
+
+def train_for_budget(config, workdir: pathlib.Path, overrides, cpu_seconds: float,
+                     log=print) -> dict:
+  """Calibrates CPU seconds per step, then trains `config` for the steps that fit."""
+  quiet = ["--config.log_every=5", "--config.eval_every=1000000",
+           "--config.checkpoint_every=1000000"]
+  used = []
+  for n in (2,) + CALIBRATION_STEPS:  # the first run fills the compilation cache
+    wd = workdir.parent / f"{workdir.name}.calib{n}"
+    cpu, _ = _jisp("train", "--config", config, "--workdir", wd, *overrides, *quiet,
+                   f"--config.num_steps={n}")
+    used.append(cpu)
+  per_step = max((used[2] - used[1]) / (CALIBRATION_STEPS[1] - CALIBRATION_STEPS[0]), 1e-3)
+  steps = max(CALIBRATION_STEPS[1], int(cpu_seconds / per_step))
+  log(f"loco: {workdir.name}: {per_step:.3f} CPU s/step -> {steps} steps")
+  done = workdir / "checkpoints"
+  cpu, wall = _jisp("train", "--config", config, "--workdir", workdir, *overrides,
+                    f"--config.num_steps={steps}", "--config.log_every=50",
+                    f"--config.checkpoint_every={steps}", f"--config.eval_every={steps}",
+                    log=log)
+  return {"config": str(config), "overrides": list(overrides), "steps": steps,
+          "cpu_s_per_step": per_step, "cpu_s_training": per_step * steps,
+          "cpu_s_run": cpu, "wall_s_run": wall, "checkpoints": str(done)}
+
+
+def evaluate(args, out: pathlib.Path) -> dict:
+  _jisp("eval", *args, "--out", out, "--no-progress")
+  with open(out / "results.json") as f:
+    r = json.load(f)
+  return {"raw_psnr": r["mean_raw_psnr"],
+          "per_image": {pathlib.Path(i["file"]).name: next(iter(i["results"].values()))[
+              "raw_psnr"] for i in r["images"]},
+          "seconds_per_image": r["seconds_per_image"]}
+
+
+def run(raw_dir, workdir, cpu_seconds: float, *, methods=None, cameras=None,
+        virtual_ratio: float = 0.5, log=print) -> dict:
+  from jisp.data import prepare
+  wd = pathlib.Path(workdir).resolve()
+  groups = cameras_of(raw_dir)
+  if len(groups) < 2:
+    raise SystemExit(f"{raw_dir}: leave-one-camera-out needs files of 2+ cameras, found "
+                     f"{sorted(groups)}")
+  names = methods or list(METHODS)
+  results: dict = {"raw_dir": str(raw_dir), "cpu_seconds": cpu_seconds,
+                   "cpu_count": os.cpu_count(), "virtual_ratio": virtual_ratio,
+                   "cameras": {}}
+  summary_path = wd / "loco.json"
+  if summary_path.is_file():
+    results["cameras"] = json.loads(summary_path.read_text()).get("cameras", {})
+  for cam in sorted(groups):
+    if cameras and not any(c.lower() in cam.lower() for c in cameras):
+      continue
+    cdir = wd / _slug(cam)
+    train_files = [f for c, fs in groups.items() if c != cam for f in fs]
+    train_raw = _links(cdir / "train_raw", train_files)
+    test_raw = _links(cdir / "test_raw", groups[cam])
+    data = cdir / "data"
+    if not (data / "manifest.json").is_file():
+      prepare.prepare(train_raw, data, protocol="invisp", patch=PATCH, stride=PATCH // 2,
+                      split=1.0, shards=2, workers=1, progress=False)
+    entry = results["cameras"].setdefault(cam, {"train_cameras": sorted(set(groups) - {cam}),
+                                                "test_files": [f.name for f in groups[cam]],
+                                                "methods": {}})
+    if "upi" not in entry["methods"]:
+      entry["methods"]["upi"] = evaluate(["--method", "upi", "--data", test_raw],
+                                         cdir / "eval_upi")
+    for name in names:
+      if name in entry["methods"]:
+        continue
+      config, overrides, eval_opts = METHODS[name]
+      common = [f"--config.data.dir={data}", "--config.data.source=mixed",
+                f"--config.data.virtual_ratio={virtual_ratio}"]
+      log(f"loco: held out {cam}: training {name}")
+      facts = train_for_budget(config, cdir / f"run_{name}", common + overrides, cpu_seconds,
+                               log)
+      facts.update(evaluate(["--workdir", cdir / f"run_{name}", "--data", test_raw,
+                             *eval_opts], cdir / f"eval_{name}"))
+      entry["methods"][name] = facts
+      log(f"loco: held out {cam}: {name} {facts['raw_psnr']:.2f} dB, UPI "
+          f"{entry['methods']['upi']['raw_psnr']:.2f} dB")
+      atomic_write_json(summary_path, results)
+    atomic_write_json(summary_path, results)
+  atomic_write_text(wd / "loco.md", markdown(results))
+  return results
+
+
+def markdown(results: dict) -> str:
+  cams = sorted(results["cameras"])
+  methods = sorted({m for c in cams for m in results["cameras"][c]["methods"]} - {"upi"})
+  head = "| held-out camera | UPI | " + " | ".join(methods) + " |"
+  lines = [head, "|" + " --- |" * (2 + len(methods))]
+  for c in cams:
+    ms = results["cameras"][c]["methods"]
+    upi = ms["upi"]["raw_psnr"]
+    cells = []
+    for m in methods:
+      if m in ms:
+        cells.append(f"{ms[m]['raw_psnr']:.2f} ({ms[m]['raw_psnr'] - upi:+.2f})")
+      else:
+        cells.append("–")
+    lines.append(f"| {c} | {upi:.2f} | " + " | ".join(cells) + " |")
+  lines.append("")
+  lines.append(f"RAW PSNR (dB, 3x3 tiles) of each held-out camera's files; in brackets the "
+               f"margin over UPI. Each method trained for {results['cpu_seconds']:.0f} CPU "
+               f"seconds ({results['cpu_count']} cores) on the other cameras' files, "
+               f"virtual_ratio {results['virtual_ratio']}.")
+  return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--raw-dir", required=True)
+  ap.add_argument("--workdir", required=True)
+  ap.add_argument("--cpu-seconds", type=float, default=300.0)
+  ap.add_argument("--methods", default=None, help=f"comma-separated subset of "
+                                                  f"{','.join(METHODS)}")
+  ap.add_argument("--cameras", default=None, help="comma-separated parts of camera names "
+                                                  "to hold out (default: every camera)")
+  ap.add_argument("--virtual-ratio", type=float, default=0.5)
+  args = ap.parse_args(argv)
+  res = run(args.raw_dir, args.workdir, args.cpu_seconds,
+            methods=args.methods.split(",") if args.methods else None,
+            cameras=args.cameras.split(",") if args.cameras else None,
+            virtual_ratio=args.virtual_ratio)
+  print(markdown(res))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
