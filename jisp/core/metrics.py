@@ -95,3 +95,58 @@ def ssim(x, y, data_range: float = 1.0):
   skimage.metrics.structural_similarity(x, y, gaussian_weights=True, sigma=1.5,
   use_sample_covariance=False, data_range=1, channel_axis=-1)."""
   return jnp.mean(ssim_map(x, y, data_range))
+
+
+# --------------------------------------------------------------------------- AIM 2022
+# The Reversed ISP challenge's scoring (mv-lab/AISP scoring/evaluation.py + myssim.py), on
+# packed RAW (h, w, 4) in [0, 1] (the challenge's uint16 / 1024). Its SSIM is not
+# `ssim` above: scipy's gaussian_filter with its default truncate 4 gives a 13-tap window
+# (radius 6) over the whole image with mirrored borders, and the map is cropped by 5 px
+# (the (11 - 1) / 2 of the nominal window) before the mean, so the border rows see one
+# mirrored pixel; per channel, then the mean of the channels.
+
+AIM_SSIM_RADIUS = 6  # int(4.0 * 1.5 + 0.5): scipy.ndimage.gaussian_filter's default truncate
+AIM_SSIM_CROP = 5
+
+
+def aim_psnr(pred, true):
+  """AIM 2022 PSNR of packed RAW (..., h, w, 4) in [0, 1]: 10 log10(1 / MSE) over all
+  values of each image (one per leading index); then the challenge averages over images.
+  Identical images give MAX_PSNR (the organisers' script returns 999 there)."""
+  return psnr(pred, true, 1.0, axis=(-3, -2, -1))
+
+
+def _filter_mirror(x, k):
+  """Separable filtering over H, W of (..., H, W, C) with scipy's 'reflect' border
+  (d c b a | a b c d, numpy's 'symmetric'); same size out."""
+  r = len(k) // 2
+  pad = [(0, 0)] * (x.ndim - 3) + [(r, r), (r, r), (0, 0)]
+  xp = jnp.pad(x, pad, mode="symmetric")
+  h, w = x.shape[-3], x.shape[-2]
+  rows = sum(float(k[i]) * xp[..., i:i + h, :, :] for i in range(len(k)))
+  return sum(float(k[j]) * rows[..., :, j:j + w, :] for j in range(len(k)))
+
+
+def aim_ssim(pred, true):
+  """AIM 2022 SSIM of packed RAW (..., h, w, C) in [0, 1], one value per image: per
+  channel, Gaussian weights sigma 1.5 (13 taps, mirrored borders), K1 0.01, K2 0.03,
+  data range 1, population covariance, the map cropped by 5 px; mean over pixels, then
+  over channels (see the section comment)."""
+  x = jnp.asarray(pred, jnp.float32)
+  y = jnp.asarray(true, jnp.float32)
+  if x.shape != y.shape:
+    raise ValueError(f"aim_ssim: shapes differ: {x.shape} vs {y.shape}")
+  if x.ndim < 3 or min(x.shape[-3:-1]) <= 2 * AIM_SSIM_CROP:
+    raise ValueError(f"aim_ssim: expected (..., h, w, C) with h, w > {2 * AIM_SSIM_CROP}, "
+                     f"got {x.shape}")
+  k = _gauss_1d(SSIM_SIGMA, AIM_SSIM_RADIUS)
+  f = lambda a: _filter_mirror(a, k)
+  mx, my = f(x), f(y)
+  vx = f(x * x) - mx * mx
+  vy = f(y * y) - my * my
+  cxy = f(x * y) - mx * my
+  c1, c2 = 0.01 ** 2, 0.03 ** 2
+  s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+  c = AIM_SSIM_CROP
+  s = s[..., c:s.shape[-3] - c, c:s.shape[-2] - c, :]
+  return jnp.mean(s, axis=(-3, -2, -1))

@@ -16,6 +16,13 @@ every RAW target); we do not.
   packed  RAW = the normalised mosaic packed to (H/2, W/2, 4) in R, Gr, Gb, B order (no WB,
           no gamma); sRGB = the render (no JPEG) area-downsampled 2x2 to (H/2, W/2, 3).
           The SonyResearch RAW-Diffusion protocol.
+  aim     (AIM 2022 Reversed ISP style; `make_aim_pair`, not a `jisp prepare` protocol)
+          RAW = the normalised mosaic packed to (H/2, W/2, 4) in R, Gr, Gb, B order, as
+          `packed`; sRGB at FULL resolution (H, W, 3), the render stored and re-read as a
+          real JPEG exactly as `invisp` (what SSDNet maps: a full-resolution camera JPEG to
+          its half-resolution packed RAW). Odd last rows/columns are dropped so H, W are
+          even. Crops must start on even sRGB pixels (jisp.data.aim.crop_pair) so every
+          RAW patch starts on an R site.
 
 PROTOCOL_VERSION numbers these definitions; prepared data records it and data of another
 version is refused (jisp.data.shards.check_manifest). History:
@@ -50,6 +57,9 @@ GAMMA = PROTOCOL_GAMMA["invisp"]
 JPEG_QUALITY = 90
 JPEG_SUBSAMPLING = "4:2:2"
 WB_NORM = "max"  # how target_gains normalises the camera gains (recorded in manifests)
+
+
+AIM_PROTOCOL = "aim"
 
 
 def check_protocol(protocol) -> str:
@@ -160,4 +170,40 @@ def make_pair(cap: Capture, srgb_uint8, protocol: str) -> dict:
   rgb = jpeg_roundtrip(srgb, JPEG_QUALITY, JPEG_SUBSAMPLING).astype(np.float32) / 255.0
   meta.update(jpeg_quality=JPEG_QUALITY, jpeg_subsampling=JPEG_SUBSAMPLING,
               rgb_source="render_jpeg")
+  return dict(raw=raw, rgb=rgb, meta=meta)
+
+
+def _even_window(cap: Capture) -> tuple[Capture, tuple[slice, slice]]:
+  """The capture cropped to even sensor H, W (keeps `pattern`), and where that window lies
+  in the upright image (under a flip the dropped sensor row can be the upright first)."""
+  h, w = cap.mosaic.shape
+  he, we = h // 2 * 2, w // 2 * 2
+  if (he, we) == (h, w):
+    return cap, (slice(None), slice(None))
+  idx = np.arange(h * w).reshape(h, w)
+  up = apply_orientation(idx, cap.orientation)
+  win = apply_orientation(idx[:he, :we], cap.orientation)
+  r0, c0 = (int(v[0]) for v in np.nonzero(up == win[0, 0]))
+  rows, cols = slice(r0, r0 + win.shape[0]), slice(c0, c0 + win.shape[1])
+  return crop_capture(cap, 0, 0, he, we), (rows, cols)
+
+
+def make_aim_pair(cap: Capture, srgb_uint8) -> dict:
+  """{'raw': (H/2, W/2, 4), 'rgb': (H, W, 3) float32 in [0, 1], 'meta'} for one capture in
+  the `aim` protocol (module docstring). srgb_uint8 as for `make_pair`; a capture with an
+  odd sensor height or width loses its last sensor row/column (and the matching sRGB one)."""
+  srgb = np.asarray(srgb_uint8)
+  upright = apply_orientation(cap.mosaic, cap.orientation).shape
+  if srgb.dtype != np.uint8 or srgb.shape != upright + (3,):
+    raise ValueError(f"{cap.path}: sRGB render must be uint8 {upright + (3,)} (upright, "
+                     f"same size as the mosaic), got {srgb.dtype} {srgb.shape}")
+  cap, (rows, cols) = _even_window(cap)
+  srgb = np.ascontiguousarray(srgb[rows, cols])
+  raw = raw_target(cap, "packed")  # upright, packed in R, Gr, Gb, B of the upright layout
+  rgb = jpeg_roundtrip(srgb, JPEG_QUALITY, JPEG_SUBSAMPLING).astype(np.float32) / 255.0
+  meta = _meta(cap, AIM_PROTOCOL)
+  meta.update(packed_order=list(bayer.PACKED_ORDER), rgb_source="render_jpeg",
+              jpeg_quality=JPEG_QUALITY, jpeg_subsampling=JPEG_SUBSAMPLING)
+  for k in ("wb_norm", "target_gains"):
+    meta.pop(k, None)
   return dict(raw=raw, rgb=rgb, meta=meta)

@@ -9,21 +9,28 @@ Stages (run in order; `--only NAME` runs one, reusing what earlier stages left i
          demo samples 25 strided steps), evaluated on a held-out image
   flow   the invertible flow ISP (InvISP, tiny) trained on the same shards with the JPEG
          simulator; eval renders held-out RAW, stores a real JPEG, inverts it
+  ssdnet SSDNet with soft supervision (tiny, 3-channel InvISP-protocol head, one 32 px
+         stage) trained on the same shards (evaluated by the compare stage)
+  compare  `jisp compare` of every run the demo trained plus UPI (each test file's own
+         camera metadata) on the same held-out image: OUT/compare/compare.{md,json,png}
 
 Every stage calls the library (jisp.data.prepare, jisp.train.loop, jisp.infer) directly;
 configs are the packaged ones, so an installed wheel runs the demo.
 """
 from __future__ import annotations
 
+import os
 import pathlib
 import time
 from pathlib import Path
+
+import jax
 
 from jisp.core import images
 from jisp.core.config import load
 from jisp.core.errors import OptionError
 from jisp.core.fileio import load_manifest
-from jisp.infer import evaluate, reconstruct
+from jisp.infer import compare, evaluate, reconstruct
 from jisp.infer.predict import PatchPredictor
 from jisp.tasks.base import PredictOptions
 from jisp.train import runs
@@ -48,13 +55,13 @@ def stage_data(out: pathlib.Path, fast: bool) -> None:
 
 
 def _train_tiny(out: pathlib.Path, config: str, run_name: str, steps: int,
-                log_every: int = 20) -> pathlib.Path:
+                log_every: int = 20, overrides=()) -> pathlib.Path:
   """Trains a packaged tiny config on the demo shards with the one train loop."""
   run = out / "runs" / run_name
   cfg = load(config, [
       f"--config.data.dir={out / 'prepared'}", f"--config.num_steps={steps}",
       f"--config.log_every={log_every}", f"--config.checkpoint_every={max(1, steps // 2)}",
-      f"--config.eval_every={max(1, steps // 2)}"])
+      f"--config.eval_every={max(1, steps // 2)}", *overrides])
   res = train(cfg, str(run))
   print(f"demo: {config} trained to step {res['step']} ({res['params']:,} params): {run}")
   return run
@@ -127,13 +134,55 @@ def stage_flow(out: pathlib.Path, fast: bool) -> None:
   _eval(out, run, "flow")
 
 
+def stage_ssdnet(out: pathlib.Path, fast: bool) -> None:
+  steps = 20 if fast else 100
+  # One 32 px stage (the tiny config's second, 48 px stage would compile a second step)
+  # and one eval, at the end: SSDNet's compiles are the slow part on a CPU.
+  _train_tiny(out, "ssdnet_tiny.py", "ssdnet", steps, overrides=[
+      f"--config.stages=(({steps}, 32, 8),)", "--config.optim.constant_steps=0",
+      f"--config.optim.cosine_steps={steps}", f"--config.eval_every={steps}",
+      f"--config.checkpoint_every={steps}"])
+
+
+# Every sampling method runs these settings in the comparison (the DDPM stage's DDIM-20
+# eta=1; DTDM reads steps and eta as its own strided chain's).
+COMPARE_OPTIONS = PredictOptions(steps=20, eta=1.0)
+COMPARE_RUNS = ("ddpm", "dtdm", "flow", "ssdnet")
+
+
+def stage_compare(out: pathlib.Path, fast: bool) -> None:
+  del fast
+  workdirs = [out / "runs" / n for n in COMPARE_RUNS if (out / "runs" / n).is_dir()]
+  methods = compare.load_methods(workdirs)
+  protocol = compare.comparison_protocol(methods, data_dir=out / "prepared")
+  methods += compare.load_methods((), ["upi"], protocol)
+  results, figure = compare.compare(methods, out / "prepared", protocol=protocol,
+                                    options=COMPARE_OPTIONS, max_images=1, progress=False,
+                                    log=lambda m: print(f"demo/compare: {m}"))
+  paths = compare.write_outputs(out / "compare", results, figure)
+  print(compare.markdown_table(results).split("\n\n")[0])
+  print(f"demo/compare: table {paths['md']}, figure {paths['png']}")
+  failed = [r["name"] for r in results["methods"] if r["status"] != "ok"]
+  if failed:
+    raise RuntimeError(f"demo/compare: {', '.join(failed)} failed (see {paths['md']})")
+
+
 STAGES = {
     "data": stage_data,
     "train": stage_train,
     "reconstruct": stage_reconstruct,
     "dtdm": stage_dtdm,
     "flow": stage_flow,
+    "ssdnet": stage_ssdnet,
+    "compare": stage_compare,
 }
+
+
+def _compilation_cache(outp: pathlib.Path) -> None:
+  """JAX's persistent compilation cache under OUT (unless the user set one): a stage that
+  compiles what an earlier stage or run compiled (the comparison's predictors) reads it."""
+  if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    jax.config.update("jax_compilation_cache_dir", str(outp / "jax_cache"))
 
 
 def run(out: str, only: str | None = None, fast: bool = False) -> int:
@@ -141,6 +190,7 @@ def run(out: str, only: str | None = None, fast: bool = False) -> int:
     raise OptionError(f"unknown stage {only!r} (stages: {', '.join(STAGES)})")
   outp = pathlib.Path(out).resolve()
   outp.mkdir(parents=True, exist_ok=True)
+  _compilation_cache(outp)
   t_all = time.time()
   for name, fn in STAGES.items():
     if only is not None and name != only:

@@ -24,8 +24,9 @@ from jisp.tasks.base import PredictOptions
 
 class PatchPredictor:
   """predictor(inputs (N, P, P, Cin), noise (N, P, P, Cn) or None, key, camera=None)
-  -> (N, P, P, Cout); camera: one image's camera features (jisp.core.camera
-  .camera_features), given to every patch, for tasks with io.camera.
+  -> (N, P/s, P/s, Cout), s = io.out_scale (1 but for half-resolution packed-RAW
+  outputs); camera: one image's camera features (jisp.core.camera.camera_features), given
+  to every patch, for tasks with io.camera.
 
   Chunk sizes are n_dev * 2^k capped at max_batch: a small image does not pay for a full
   max_batch chunk, and at most log2(max_batch / n_dev) + 1 sizes are ever compiled.
@@ -44,8 +45,15 @@ class PatchPredictor:
     self.replicated = sharding.replicated(self.mesh)
     self.batch_sharding = sharding.batch_sharding(self.mesh)
     self.net_chunk = microbatch.resolve_chunk(net_chunk, self.n_dev)
+    if jax.process_count() > 1:  # host copies: every process puts its own devices' share
+      params = jax.tree.map(np.asarray, params)
     self.params = jax.device_put(params, self.replicated)
     self.patch = self.io.patch
+    self.out_scale = int(self.io.out_scale)
+    if self.out_scale < 1 or self.patch % self.out_scale:
+      raise ValueError(f"task {task.name!r}: patch {self.patch} is not a multiple of its "
+                       f"output scale {self.out_scale}")
+    self.out_patch = self.patch // self.out_scale
     self.noisy = self.io.noise_channels > 0
     self._compiled = {}
     self.compile_seconds = {}
@@ -128,7 +136,7 @@ class PatchPredictor:
     return jax.device_put(np.asarray(x, np.float32), self.batch_sharding)
 
   def key(self, key) -> jax.Array:
-    return jax.device_put(key, self.replicated)
+    return jax.device_put(np.asarray(key), self.replicated)
 
   def run(self, fn, inputs, noise, key, camera=None):
     """One call of a compiled chunk: fn(params, inputs[, noise], camera, key)."""
@@ -153,7 +161,8 @@ class PatchPredictor:
     b = self.chunk_size(n)
     cam = self.camera_arg(camera)
     fn = self.compiled(b, bool(cam))
-    out = np.empty((n, p, p, self.io.out_channels), np.float32)
+    q = self.out_patch
+    out = np.empty((n, q, q, self.io.out_channels), np.float32)
     pending = None  # dispatch chunk i+1 before fetching chunk i: host and devices overlap
     for i, s in enumerate(range(0, n, b)):
       e = min(s + b, n)

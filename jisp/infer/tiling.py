@@ -13,6 +13,11 @@ artefacts). Besides overlap, `shared_noise` gives every patch the initial noise 
 pixels it covers, drawn once for the whole image, so overlapping patches start from the
 same x_T where they overlap and a deterministic sampler sees consistent inputs there.
 
+Output scale: a predictor may return patches at 1/s of the input's resolution (packed
+RAW at half the sRGB's, IOSpec.out_scale). `merge` reads s off the patches' shape and
+places each at its position / s; a layout made with `align=s` keeps every position a
+multiple of s (the image is mirror-padded as far as that needs), so this is exact.
+
 numpy in, numpy out; the predictor is any `f(patches, init_noise) -> patches`.
 """
 from __future__ import annotations
@@ -25,7 +30,8 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-  """Where the patches of one image lie. (ys x xs) patches in row-major order."""
+  """Where the patches of one image lie. (ys x xs) patches in row-major order; every
+  position a multiple of `align`."""
   height: int
   width: int
   patch: int
@@ -33,6 +39,7 @@ class Layout:
   grid: bool
   ys: tuple
   xs: tuple
+  align: int = 1
 
   @property
   def padded(self) -> tuple[int, int]:
@@ -46,25 +53,34 @@ class Layout:
     return len(self.ys) * len(self.xs)
 
 
-def axis_starts(length: int, patch: int, overlap: int) -> list[int]:
+def axis_starts(length: int, patch: int, overlap: int, align: int = 1) -> list[int]:
   """Patch starts along one axis: every patch - overlap pixels, the last one flush with the
-  far edge (it may overlap its neighbour by more). A short axis gets one (padded) patch."""
+  far edge (it may overlap its neighbour by more). A short axis gets one (padded) patch.
+  align > 1: the last start is rounded up to a multiple of align (the patch then reaches
+  past the edge into the mirror padding)."""
   if length <= patch:
     return [0]
   stride = patch - overlap
-  starts = list(range(0, length - patch + 1, stride))
-  if starts[-1] != length - patch:
-    starts.append(length - patch)
+  last = -(-(length - patch) // align) * align
+  starts = list(range(0, last + 1, stride))
+  if starts[-1] != last:
+    starts.append(last)
   return starts
 
 
 def make_layout(height: int, width: int, patch: int, overlap: int = 0,
-                grid: bool = False) -> Layout:
+                grid: bool = False, align: int = 1) -> Layout:
+  """align: keep every position a multiple of it (a predictor's output scale); the patch
+  and the stride patch - overlap must be multiples of it too."""
   height, width, patch, overlap = int(height), int(width), int(patch), int(overlap)
+  align = int(align)
   if height < 1 or width < 1:
     raise ValueError(f"tiling: empty image {height}x{width}")
   if patch < 1:
     raise ValueError(f"tiling: patch must be >= 1, got {patch}")
+  if align < 1 or patch % align or (patch - overlap) % align:
+    raise ValueError(f"tiling: patch {patch} and stride {patch - overlap} must be multiples "
+                     f"of the output scale {align}")
   if grid:
     if overlap:
       raise ValueError("tiling: the regular-grid layout has no overlap (got overlap="
@@ -74,9 +90,9 @@ def make_layout(height: int, width: int, patch: int, overlap: int = 0,
   else:
     if not 0 <= overlap < patch:
       raise ValueError(f"tiling: overlap must be in [0, patch={patch}), got {overlap}")
-    ys = tuple(axis_starts(height, patch, overlap))
-    xs = tuple(axis_starts(width, patch, overlap))
-  return Layout(height, width, patch, overlap, bool(grid), ys, xs)
+    ys = tuple(axis_starts(height, patch, overlap, align))
+    xs = tuple(axis_starts(width, patch, overlap, align))
+  return Layout(height, width, patch, overlap, bool(grid), ys, xs, align)
 
 
 def blend_window(patch: int, overlap: int) -> np.ndarray:
@@ -110,22 +126,38 @@ def split(img, layout: Layout) -> np.ndarray:
   return np.stack([x[y:y + p, xx:xx + p] for y, xx in layout.positions])
 
 
-def merge(patches, layout: Layout) -> np.ndarray:
-  """(N, P, P, C) -> (H, W, C): weighted mean of every patch covering each pixel."""
-  patches = np.asarray(patches, np.float32)
+def output_scale(layout: Layout, out_patch: int) -> int:
+  """s of patches of side `out_patch` predicted for this layout (module docstring)."""
   p = layout.patch
-  if patches.shape[:3] != (len(layout), p, p):
-    raise ValueError(f"tiling: expected {len(layout)} patches of {p}x{p}, got "
-                     f"{patches.shape}")
-  ph, pw = layout.padded
-  win = blend_window(p, layout.overlap)[..., None]
+  s = p // out_patch if out_patch > 0 else 0
+  if s < 1 or s * out_patch != p:
+    raise ValueError(f"tiling: output patches of {out_patch} px do not divide the "
+                     f"{p}-px input patches")
+  if s > 1 and (layout.overlap % s or any(v % s for v in layout.ys + layout.xs)):
+    raise ValueError(f"tiling: patch positions are not multiples of the output scale {s} "
+                     f"(make the layout with align={s})")
+  return s
+
+
+def merge(patches, layout: Layout) -> np.ndarray:
+  """(N, P/s, P/s, C) -> (H/s, W/s, C) (s = output_scale; H/s rounded down): weighted
+  mean of every patch covering each pixel."""
+  patches = np.asarray(patches, np.float32)
+  if patches.ndim != 4 or patches.shape[0] != len(layout) or \
+      patches.shape[1] != patches.shape[2]:
+    raise ValueError(f"tiling: expected {len(layout)} square patches, got {patches.shape}")
+  s = output_scale(layout, patches.shape[1])
+  p = layout.patch // s
+  ph, pw = (v // s for v in layout.padded)
+  win = blend_window(p, layout.overlap // s)[..., None]
   acc = np.zeros((ph, pw, patches.shape[-1]), np.float64)
   wsum = np.zeros((ph, pw, 1), np.float64)
   for (y, x), patch in zip(layout.positions, patches):
+    y, x = y // s, x // s
     acc[y:y + p, x:x + p] += win * patch
     wsum[y:y + p, x:x + p] += win
   out = acc / wsum
-  return out[:layout.height, :layout.width].astype(np.float32)
+  return out[:layout.height // s, :layout.width // s].astype(np.float32)
 
 
 def initial_noise(key, layout: Layout, channels: int, shared: bool) -> np.ndarray:
@@ -146,7 +178,8 @@ def reconstruct(img, predict_fn, layout: Layout, *, key, noise_channels: int = 3
                 shared_noise: bool = False) -> np.ndarray:
   """Tile `img`, run `predict_fn(patches, init_noise) -> patches` once over all patches
   (the predictor chunks them), merge. init_noise is None for noise_channels=0
-  (deterministic predictors). Returns (H, W, C) float32, C the predictor's channels."""
+  (deterministic predictors); it is at the input's resolution. Returns (H/s, W/s, C)
+  float32, C the predictor's channels, s its output scale (1: (H, W, C))."""
   patches = split(img, layout)
   noise = initial_noise(key, layout, noise_channels, shared_noise) if noise_channels else None
   return merge(predict_fn(patches, noise), layout)
@@ -172,6 +205,10 @@ def seam_ratio(pred, layout: Layout, true=None) -> float:
   dy = np.abs(np.diff(x, axis=0))  # dy[r-1] is between rows r-1 and r
   dx = np.abs(np.diff(x, axis=1))
   rows, cols = tile_edges(layout)
+  s = layout.height // x.shape[0] if x.shape[0] < layout.height else 1
+  if s > 1:  # a prediction at 1/s of the input's resolution: edges at position / s
+    rows = [r // s for r in rows if 0 < r // s < x.shape[0]]
+    cols = [c // s for c in cols if 0 < c // s < x.shape[1]]
   ry = np.zeros(dy.shape[0], bool)
   ry[[r - 1 for r in rows]] = True
   cx = np.zeros(dx.shape[1], bool)

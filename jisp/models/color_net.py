@@ -75,7 +75,12 @@ class ColorNet(nn.Module):
     return out
 
 
-def from_config(mcfg) -> ColorNet:
+def from_config(mcfg):
+  """The regression net of `model.name`: "color_net" (this module) or "sid_unet" (the SID
+  U-Net baseline, jisp.models.sid_unet)."""
+  if mcfg.get("name", "color_net") == "sid_unet":
+    from jisp.models import sid_unet
+    return sid_unet.from_config(mcfg)
   return ColorNet(
       base_channels=mcfg.base_channels,
       channel_mults=tuple(mcfg.channel_mults),

@@ -126,7 +126,7 @@ class SSDNetTask(Task):
     return IOSpec(source="rgb", target="raw", in_channels=3,
                   out_channels=self.model.out_channels, patch=self.patch,
                   direction="rgb2raw", conditions=("rgb", "camera") if cam else ("rgb",),
-                  camera=cam)
+                  out_scale=2 if self.packed else 1, camera=cam)
 
   def raw_shape(self, batch: int, patch: int) -> tuple[int, ...]:
     """Shape of the "raw" batch for sRGB patches of `patch` pixels."""

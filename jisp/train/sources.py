@@ -9,7 +9,7 @@ from __future__ import annotations
 from jisp.core.camera import PROTOCOLS
 from jisp.core.errors import ConfigError, DataError
 
-SOURCES = ("synthetic", "shards", "zrr", "mixed")
+SOURCES = ("synthetic", "shards", "zrr", "aim", "mixed")
 
 
 def _get(dcfg, key, default=None):
@@ -39,6 +39,8 @@ def uses_shards(config) -> bool:
   source = _source_name(config.data)
   if source == "mixed":
     return bool(_get(config.data, "dir")) and float(_get(config.data, "virtual_ratio", 0.5)) < 1
+  if source == "aim" or _get(config.data, "protocol") == "aim":
+    return False  # an AIM 2022 folder or the synthetic camera (jisp.data.aim)
   return source != "zrr" and (bool(_get(config.data, "dir")) or source == "shards")
 
 
@@ -55,6 +57,12 @@ def check_data(config, splits=("train",), verify: str = "none") -> dict | None:
   from jisp.data import shards as shards_lib
   dcfg = config.data
   source = _source_name(dcfg)
+  if source == "aim" or _get(dcfg, "protocol") == "aim":
+    # AIM-style pairs (full-res sRGB, half-res packed RAW): an AIM 2022 folder or the
+    # synthetic camera in packed mode (jisp.data.aim), never prepared shards.
+    from jisp.data import aim
+    aim.check_config(config)
+    return None
   protocol = _get(dcfg, "protocol")
   if protocol is not None and protocol not in PROTOCOLS:
     raise ConfigError(f"bad value for config key 'data.protocol': {protocol!r} (expected one "
@@ -118,6 +126,11 @@ def make_source(config, split: str, *, local_batch: int, process_index: int,
                       f"but data.source={source!r} has no camera metadata; use prepared "
                       "shards, 'mixed' or 'synthetic'")
   check_data(config, splits=(split,))
+  if source == "aim" or _get(dcfg, "protocol") == "aim":
+    from jisp.data import aim
+    return aim.make_source(config, split, local_batch=local_batch,
+                           process_index=process_index, process_count=process_count,
+                           train=train)
   if source == "zrr":  # Zurich RAW-to-RGB folder layout, read directly
     from jisp.data.zrr import ZRRSource
     return ZRRSource(dcfg.dir, patch_size=dcfg.patch_size, local_batch=local_batch, seed=seed,
