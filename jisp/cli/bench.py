@@ -37,6 +37,25 @@ def add_parser(sub, name):
   bs.add_argument("--matmul-n", type=int, default=2048, help="matmul size for the ceiling")
   common.add_predict_args(bs, steps_flag=False)
   bs.set_defaults(func=run_predict)
+  bf = bsub.add_parser("profile", help="where a train step's (or a network evaluation's) "
+                                       "time goes, by op category (jax.profiler trace)")
+  bf.add_argument("--config", required=True)
+  bf.add_argument("--what", default="train", choices=("train", "network"))
+  bf.add_argument("--batch", type=int, default=16, help="patches per network evaluation")
+  bf.add_argument("--steps", type=int, default=3, help="traced calls (after one warm-up)")
+  bf.set_defaults(func=run_profile)
+  bv = bsub.add_parser("vs-torch", help="jisp and the PyTorch peer alternated in one sitting; "
+                                        "medians and the ratio")
+  bv.add_argument("--peer-dir", required=True,
+                  help="folder with peer_torch.py and peer_torch_train.py")
+  bv.add_argument("--peer-python", required=True, help="a Python with torch and diffusers")
+  bv.add_argument("--what", default="train,sample", help="train, sample or both")
+  bv.add_argument("--rounds", type=int, default=2, help="alternations (medians reported)")
+  bv.add_argument("--batch", type=int, default=None, help="default: 32 train, 16 sample")
+  bv.add_argument("--steps", type=int, default=20, help="sampler steps")
+  bv.add_argument("--sampler", default="ddim", choices=("ddim", "dpm_solver", "ddpm"))
+  bv.add_argument("--config", default="configs/ddpm_fivek.py")
+  bv.set_defaults(func=run_vs_torch)
   return b
 
 
@@ -73,6 +92,7 @@ def run_predict(args, rest) -> int:
   if args.workdir and args.config and not args.json:
     print(f"jisp bench predict: --config {args.config} ignored: the run's own config is used",
           flush=True)
+  common.start_processes(args)
   cfg = None
   if not args.workdir:
     from jisp.core.config import load
@@ -83,6 +103,28 @@ def run_predict(args, rest) -> int:
       devices=args.devices, repeats=args.repeats, warmup=args.warmup,
       image_size=args.image_size, timed_nfe=args.timed_nfe, matmul_n=args.matmul_n,
       seed=args.seed, net_chunk=args.net_chunk,
-      log=None if args.json else (lambda m: print(m, flush=True)))
-  _printer(args, bench_predict.human)(r)
+      log=None if args.json or not common.is_main_process()
+      else (lambda m: print(m, flush=True)))
+  if common.is_main_process():
+    _printer(args, bench_predict.human)(r)
+  return 0
+
+
+def run_vs_torch(args, rest) -> int:
+  common.split_overrides(rest)
+  from jisp.experiments import vs_torch
+  vs_torch.compare(args.what.split(","), peer_dir=args.peer_dir, peer_python=args.peer_python,
+                   rounds=max(1, args.rounds), batch=args.batch, steps=args.steps,
+                   sampler=args.sampler, config=args.config)
+  return 0
+
+
+def run_profile(args, rest) -> int:
+  from jisp.core.config import load
+  cfg = load(args.config, common.split_overrides(rest))
+  from jisp.experiments import machine, profile_step
+  r = (profile_step.profile_train(cfg, args.steps) if args.what == "train"
+       else profile_step.profile_network(cfg, args.batch, args.steps))
+  r.update(machine.cpu_info())
+  print(json.dumps({"bench": "profile", **r}), flush=True)
   return 0

@@ -57,7 +57,49 @@ def add_predict_args(p, steps_flag: bool = True):
   p.add_argument("--devices", type=int, default=None, help="devices to shard over (all)")
   p.add_argument("--net-chunk", default="auto", metavar="N|auto|none", help=NET_CHUNK_HELP)
   p.add_argument("--seed", type=int, default=0)
+  add_process_args(p)
   return p
+
+
+def add_process_args(p):
+  """Multi-process runs (as `jisp train`): flags, or JISP_COORDINATOR / JISP_NUM_PROCESSES /
+  JISP_PROCESS_ID, or JISP_DISTRIBUTED=auto on SLURM and Cloud TPU."""
+  if any(a.dest == "coordinator" for a in p._actions):
+    return p
+  p.add_argument("--coordinator", default=None, help="host:port of process 0 (multi-process)")
+  p.add_argument("--num-processes", type=int, default=None)
+  p.add_argument("--process-id", type=int, default=None)
+  return p
+
+
+def start_processes(args) -> bool:
+  """Joins the other processes of a multi-process command (before jax computes anything);
+  True when there are several. Every process then runs the same command on the same
+  inputs: the patches of each compiled call are spread over every process's devices and
+  the results come back to all, so all write the same files; only process 0 writes them
+  where asked (`process_out`)."""
+  from jisp.train import distributed
+  return distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+
+
+def is_main_process() -> bool:
+  import jax
+  return jax.process_index() == 0
+
+
+def process_out(path):
+  """Where this process writes what was asked to go to `path`: `path` itself on process 0,
+  a private scratch folder (removed at exit) on the others, so the files are written once
+  and no two processes race on one name."""
+  import jax
+  if jax.process_index() == 0:
+    return path
+  import atexit
+  import shutil
+  import tempfile
+  scratch = tempfile.mkdtemp(prefix=f"jisp-process{jax.process_index()}-")
+  atexit.register(shutil.rmtree, scratch, True)
+  return scratch
 
 
 def add_tiling_args(p):

@@ -28,10 +28,13 @@ def run(args, rest) -> int:
   common.split_overrides(rest)
   from pathlib import Path
   from jisp.infer import evaluate
-  log = None if args.json else (lambda m: print(m, flush=True))
+  common.start_processes(args)
+  main = common.is_main_process()
+  log = None if args.json or not main else (lambda m: print(m, flush=True))
   run_ = common.load_run(args)
   out = Path(args.out) if args.out else (Path(run_.workdir) / "eval" if run_.workdir
                                          else Path(f"eval_{args.method}"))
+  out = Path(common.process_out(out))
   files, protocol, desc = evaluate.eval_files(args.data, run_.config)
   if args.max_images is not None:
     files = files[:max(0, args.max_images)]
@@ -46,8 +49,11 @@ def run(args, rest) -> int:
       log(f"jisp eval: {what}, {predictor.describe()}, {desc}")
     results, rows = evaluate.evaluate(run_, predictor, files, protocol, settings,
                                       seed=args.seed,
-                                      progress=not (args.no_progress or args.json), log=log)
+                                      progress=main and not (args.no_progress or args.json),
+                                      log=log)
   paths = evaluate.write_results(out, results, rows, args.data)
+  if not main:
+    return 0
   if args.json:
     print(json.dumps(results), flush=True)
   else:

@@ -33,6 +33,8 @@ def run(args, rest) -> int:
   from jisp.core.errors import OptionError
   from jisp.core.fileio import ensure_output_dir
   from jisp.infer import reconstruct
+  several = common.start_processes(args)
+  main = common.is_main_process()
   run_ = common.load_run(args)
   protocol = reconstruct.data_protocol(run_.config)
   predictor = common.make_predictor(run_, args)
@@ -47,12 +49,17 @@ def run(args, rest) -> int:
                                                run_.task.default_camera())
                    if raw_out else (None, "sRGB output"))
   ensure_output_dir(args.out)
-  print(f"jisp reconstruct: {reconstruct.run_description(run_, predictor)}, {tile.name}, "
-        f"camera: {desc}", flush=True)
+  out = common.process_out(args.out)
+  say = (lambda m: print(m, flush=True)) if main else (lambda m: None)
+  say(f"jisp reconstruct: {reconstruct.run_description(run_, predictor)}, {tile.name}, "
+      f"camera: {desc}" + (" (no resume across several processes)"
+                           if several and not args.no_resume else ""))
+  # Resume is off across processes: each must run the same chunks, and only process 0
+  # keeps tiles.
   failed = reconstruct.reconstruct_files(
-      run_, predictor, args.inputs, args.out, tile, profile=profile, protocol=protocol,
-      seed=args.seed, progress=not args.no_progress, check=args.check,
-      resume=not args.no_resume, log=lambda m: print(m, flush=True),
+      run_, predictor, args.inputs, out, tile, profile=profile, protocol=protocol,
+      seed=args.seed, progress=main and not args.no_progress, check=args.check,
+      resume=not (args.no_resume or several), log=say,
       warn=lambda m: print(f"jisp reconstruct: error: {m}", file=sys.stderr,
-                           flush=True))
+                           flush=True) if main else None)
   return 1 if failed else 0

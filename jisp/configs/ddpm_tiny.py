@@ -3,28 +3,16 @@
 Argument: prior=none|input|residual|both (jisp.isp.prior; default none).
 """
 from jisp.configs import ddpm_fivek
+from jisp.configs._tiny import fast_optim, micro_unet, run_size
 from jisp.core.config import parse_arg
 
 
 def get_config(arg=None):
   a = parse_arg(arg, prior="none")
   c = ddpm_fivek.get_config(f"prior={a.prior}")
-  c.batch_size = 16
-  c.num_steps = 200
-  c.log_every = 10
-  c.checkpoint_every = 50
-  c.eval_every = 100
-  c.eval_batches = 2
-  c.data.patch_size = 32
-  c.data.camera = ""  # any camera: the demo's and tests' data come from virtual cameras
-  c.model.base_channels = 16
-  c.model.channel_mults = (1, 2, 2)
-  c.model.attention_stages = (False, False, True)
-  c.model.num_groups = 8
-  c.optim.peak_lr = 1e-3
-  c.optim.end_lr = 1e-5
-  c.optim.warmup_steps = 20
-  c.optim.ema_decay = 0.99
+  run_size(c, steps=200, checkpoint_every=50)
+  micro_unet(c.model)
+  fast_optim(c.optim)
   # v-prediction: at demo training lengths eps-prediction samples collapse (x0 implied at
   # t~T is off by 1/sqrt(abar_T) ~ 80x its eps error); see README "eps vs v".
   c.diffusion.prediction = "v"

@@ -3,6 +3,7 @@
 Argument: prior=none|input|residual|both (jisp.isp.prior; default none).
 """
 from jisp.configs import regression_raw2rgb
+from jisp.configs._tiny import fast_optim, micro_unet, run_size
 from jisp.core.config import parse_arg
 
 
@@ -10,18 +11,7 @@ def get_config(arg=None):
   a = parse_arg(arg, prior="none")
   c = regression_raw2rgb.get_config()
   c.prior.mode = a.prior
-  c.batch_size = 16
-  c.num_steps = 300
-  c.log_every = 10
-  c.checkpoint_every = 100
-  c.eval_every = 100
-  c.eval_batches = 2
-  c.data.patch_size = 32
-  c.data.camera = ""  # any camera: the demo's and tests' data come from virtual cameras
-  c.model.base_channels = 16
-  c.model.channel_mults = (1, 2, 2)
-  c.optim.peak_lr = 1e-3
-  c.optim.end_lr = 1e-5
-  c.optim.warmup_steps = 20
-  c.optim.ema_decay = 0.99
+  run_size(c, steps=300)
+  micro_unet(c.model, attention=False)
+  fast_optim(c.optim)
   return c

@@ -81,8 +81,8 @@ def look_setup(cap) -> dict:
   """What the look round trip needs of a test file: its DNG profile, orientation and the
   white-balance multipliers its render used."""
   from jisp.infer import look
-  return {"profile": reconstruct._complete(cap.profile()), "orientation": int(cap.orientation),
-          "wb": look.source_wb(cap)}
+  return {"profile": reconstruct.with_color_matrix(cap.profile()),
+          "orientation": int(cap.orientation), "wb": look.source_wb(cap)}
 
 
 def look_score(raw, rgb, protocol: str, setup: dict) -> dict:

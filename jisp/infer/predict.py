@@ -66,11 +66,15 @@ class PatchPredictor:
       return task.predict(params, inputs, key, opts, noise, cam)
 
     bsh, rep = self.batch_sharding, self.replicated
+    # Across processes every process feeds the same whole chunk and reads the whole result
+    # (the gather is one all-gather of the outputs inside the call); on one process the
+    # output stays sharded and the host reads the shards.
+    osh = rep if jax.process_count() > 1 else bsh
     if self.noisy:
-      self._jitted = jax.jit(fn, in_shardings=(rep, bsh, bsh, rep, rep), out_shardings=bsh)
+      self._jitted = jax.jit(fn, in_shardings=(rep, bsh, bsh, rep, rep), out_shardings=osh)
     else:
       self._jitted = jax.jit(lambda p, x, c, k: fn(p, x, None, c, k),
-                             in_shardings=(rep, bsh, rep, rep), out_shardings=bsh)
+                             in_shardings=(rep, bsh, rep, rep), out_shardings=osh)
 
   @property
   def sampler(self) -> str:

@@ -111,7 +111,7 @@ def camera_profile(config, like=None, default=None) -> tuple[CameraProfile, str]
       raise InputError(like, f"--like: {e.strerror or e}") from None
     except InputError as e:
       raise OptionError(f"--like: {e}") from None
-    return _complete(cap.profile()), f"profile of {like} ({cap.camera})"
+    return with_color_matrix(cap.profile()), f"profile of {like} ({cap.camera})"
   fallback, fallback_desc = ((default, f"{default.camera} (the method's default camera)")
                              if default is not None else (DEFAULT_PROFILE, DEFAULT_PROFILE_DESC))
   data_dir = str(config.data.get("dir", "") or "") if "data" in config else ""
@@ -124,10 +124,10 @@ def camera_profile(config, like=None, default=None) -> tuple[CameraProfile, str]
   if found is None:
     return fallback, f"{fallback_desc}; {data_dir} lists no camera"
   prof, name = found
-  return _complete(prof), f"training camera {name} ({data_dir}/manifest.json)"
+  return with_color_matrix(prof), f"training camera {name} ({data_dir}/manifest.json)"
 
 
-def _complete(prof: CameraProfile) -> CameraProfile:
+def with_color_matrix(prof: CameraProfile) -> CameraProfile:
   """A DNG needs a colour matrix: the default's when the camera's is unknown."""
   if prof.color_matrix is None:
     return dataclasses.replace(prof, color_matrix=DEFAULT_PROFILE.color_matrix)

@@ -37,13 +37,13 @@ Choices, and why:
     every coupling starts as the identity.
   * Parameters are stacked over blocks and the stack is a `lax.scan` (the inverse is the
     same scan run backwards). By default the scan is fully unrolled: on XLA:CPU the
-    backward pass of a rolled scan over these convolutions measured 8x slower
-    (0.79 s vs 0.10 s per tiny step); `scan=True` keeps it rolled, for compile time
-    independent of the block count.
+    backward pass of a rolled scan over these convolutions is several times slower
+    (README "Flow ISP"); `scan=True` keeps it rolled, for compile time independent of
+    the block count.
   * Convolutions and the 1x1 mixing use HIGHEST precision by default: on accelerators the
     default precision (TF32 / bf16 passes) rounds every conv to ~1e-3 relative, and the
     inverse recomputes F, G, H on its own reconstruction, so its error would grow with
-    it (not measured here: no GPU in this task). On CPU both are exact fp32.
+    it. On CPU both are exact fp32.
 """
 from __future__ import annotations
 

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 
 from jisp.core.errors import OptionError
 from jisp.core.flops import compiled_flops
+from jisp.isp import prior as prior_lib
 
 Params = Any
 Batch = Mapping[str, jax.Array]
@@ -157,6 +158,12 @@ class Task(abc.ABC):
     del config
     return Requirements()
 
+  @classmethod
+  def batch_camera(cls, config) -> bool:
+    """Whether training batches carry each patch's camera features (default: no)."""
+    del config
+    return False
+
   @property
   @abc.abstractmethod
   def io(self) -> IOSpec:
@@ -247,6 +254,20 @@ class Task(abc.ABC):
   def predict_video(self, params: Params, rgb_frames: jax.Array) -> jax.Array:
     """(T, H, W, 3) decoded sRGB video -> RAW video; only for io.window > 1."""
     raise NotImplementedError(f"task {self.name!r} does not invert videos")
+
+
+class CameraPriorTask(Task):
+  """A direct sRGB -> RAW predictor that can take the target camera (config `prior.mode`,
+  jisp.isp.prior): with a mode other than "none" its batches carry each patch's camera
+  features, and a run on prepared data needs the manifest's camera resolved."""
+
+  @classmethod
+  def requirements(cls, config):
+    return Requirements(camera=cls.batch_camera(config) and bool(config.data.get("dir")))
+
+  @classmethod
+  def batch_camera(cls, config) -> bool:
+    return prior_lib.mode_of(config) != "none"
 
 
 def abstract(tree):

@@ -17,7 +17,7 @@ from jisp.core.errors import ConfigError, OptionError
 from jisp.diffusion import losses, samplers, schedules
 from jisp.isp import prior as prior_lib
 from jisp.models import unet
-from jisp.tasks.base import IOSpec, PredictOptions, Requirements, Task
+from jisp.tasks.base import CameraPriorTask, IOSpec, PredictOptions
 
 # Steps a sampler gets when named without steps (DPM-Solver: the paper's 20 NFE).
 DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpm_solver": 20, "dpm_solver_pp": 20}
@@ -124,18 +124,8 @@ def resolve_sampler_options(options: PredictOptions, default: PredictOptions,
   return o.replace(sampler=sampler, steps=None if steps is None else int(steps), **settings)
 
 
-class DDPMTask(Task):
+class DDPMTask(CameraPriorTask):
   name = "ddpm"
-
-  @classmethod
-  def requirements(cls, config):
-    return Requirements(camera=prior_lib.mode_of(config) != "none"
-                        and bool(config.data.get("dir")))
-
-  @classmethod
-  def batch_camera(cls, config) -> bool:
-    """Whether training batches carry each patch's camera features."""
-    return prior_lib.mode_of(config) != "none"
 
   def __init__(self, config, inputs=None):
     super().__init__(config, inputs)

@@ -22,23 +22,13 @@ from jisp.core import metrics
 from jisp.core.errors import ConfigError
 from jisp.isp import prior as prior_lib
 from jisp.models import color_net
-from jisp.tasks.base import IOSpec, Requirements, Task
+from jisp.tasks.base import CameraPriorTask, IOSpec
 
 DIRECTIONS = {"raw2rgb": ("raw", "rgb"), "rgb2raw": ("rgb", "raw")}
 
 
-class RegressionTask(Task):
+class RegressionTask(CameraPriorTask):
   name = "regression"
-
-  @classmethod
-  def requirements(cls, config):
-    return Requirements(camera=prior_lib.mode_of(config) != "none"
-                        and bool(config.data.get("dir")))
-
-  @classmethod
-  def batch_camera(cls, config) -> bool:
-    """Whether training batches carry each patch's camera features."""
-    return prior_lib.mode_of(config) != "none"
 
   def __init__(self, config, inputs=None):
     super().__init__(config, inputs)

@@ -1,0 +1,63 @@
+"""`jisp bench profile` (op categories from a real jax.profiler trace) and `bench vs-torch`
+(its checks before it runs anything)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from helpers import cli
+from jisp.experiments import profile_step
+
+
+def _conv_net(x, w, v):
+  y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  y = y - jnp.mean(y, axis=(1, 2), keepdims=True)  # a reduction, as GroupNorm has
+  return (y.reshape(-1, y.shape[-1]) @ v).sum()
+
+
+def test_hlo_categories_and_trace_breakdown():
+  x = jnp.ones((2, 16, 16, 8))
+  w = jnp.full((3, 3, 8, 8), 0.01)
+  v = jnp.full((8, 8), 0.1)
+  compiled = jax.jit(jax.grad(_conv_net, argnums=(1, 2))).lower(x, w, v).compile()
+  table = profile_step.parse_hlo(compiled.as_text())
+  cats = {profile_step.category(i) for i in table.values()}
+  assert "convolution" in cats and "matmul (attention, dense)" in cats
+  assert any(profile_step.part(i) == "backward" for i in table.values())
+
+  def call(*a):
+    jax.block_until_ready(compiled(*a))
+    return a
+  r = profile_step.breakdown(compiled, call, (x, w, v), steps=2)
+  # every traced instruction is one of the module's, and the convolutions took time
+  assert r["categories"].get("convolution", 0) > 0
+  assert all(t["instruction"] in table for t in r["top"])
+  assert r["ops_ms"] == pytest.approx(sum(r["categories"].values()), abs=0.1)
+  assert r["ops_ms"] == pytest.approx(sum(r["parts"].values()), abs=0.1)
+
+
+def test_category_rules():
+  pure = {"opcode": "fusion", "ops": {"fusion", "transpose", "copy", "parameter"}, "op_name": ""}
+  mixed = {"opcode": "fusion", "ops": {"fusion", "transpose", "multiply"}, "op_name": ""}
+  conv = {"opcode": "fusion", "ops": {"fusion", "convolution", "add"},
+          "op_name": "jit(step)/transpose(jvp(UNet))/conv1/conv_general_dilated"}
+  assert profile_step.category(pure) == "layout transpose/copy"
+  assert profile_step.category(mixed) == "elementwise"
+  assert profile_step.category(conv) == "convolution"
+  assert profile_step.part(conv) == "backward"
+
+
+def test_vs_torch_refuses_a_missing_peer(tmp_path, capsys):
+  assert cli("bench", "vs-torch", "--peer-dir", str(tmp_path), "--peer-python",
+             "/no/such/python") == 2
+  err = capsys.readouterr().err.strip()
+  assert "\n" not in err and "peer_torch.py" in err and str(tmp_path) in err
+  for name in ("peer_torch.py", "peer_torch_train.py"):
+    (tmp_path / name).write_text("")
+  assert cli("bench", "vs-torch", "--peer-dir", str(tmp_path), "--peer-python",
+             "/no/such/python") == 2
+  assert "/no/such/python" in capsys.readouterr().err
+  assert cli("bench", "vs-torch", "--peer-dir", str(tmp_path), "--peer-python", str(
+      tmp_path / "peer_torch.py"), "--what", "nap") == 2
+  assert "nap" in capsys.readouterr().err
