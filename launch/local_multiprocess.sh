@@ -9,7 +9,9 @@
 # If any process fails or is lost, the others are stopped (they could only hang on the
 # collective until jax.distributed's heartbeat gives up) and the script exits with that
 # process's status, after one line naming it. Checkpoints already written stay valid:
-# re-run the same command to resume.
+# re-run the same command to resume. Ctrl-C / SIGTERM reach every process as the same
+# signal: they agree on a step, save it and exit (130 / 0). A process that never starts
+# is named by process 0 after JISP_STARTUP_TIMEOUT seconds (default 300).
 set -uo pipefail
 if [ $# -lt 3 ]; then
   echo "usage: $0 N CONFIG WORKDIR [--config.a.b=value ...]" >&2
@@ -22,8 +24,9 @@ PORT=${JISP_PORT:-$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0
 
 declare -A index_of
 pids=()
-stop_all() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; }
-trap 'stop_all; wait; exit 143' INT TERM
+stop_all() { for p in "${pids[@]}"; do kill "-${1:-TERM}" "$p" 2>/dev/null || true; done; }
+trap 'stop_all INT; wait; exit 130' INT
+trap 'stop_all TERM; wait; exit 143' TERM
 
 for ((i = 0; i < N; i++)); do
   XLA_FLAGS="--xla_force_host_platform_device_count=${DEV}" \

@@ -1,5 +1,6 @@
 """The one train loop: determinism across device layouts and processes, resume after
-kill -9, SIGTERM, NaN handling, metrics and TensorBoard output."""
+kill -9, SIGTERM, a lost peer, metrics and TensorBoard output (divergence, corrupted
+checkpoints, locks, signals and bad inputs: tests/test_reliability_*.py)."""
 import os
 import pathlib
 import signal
@@ -48,11 +49,8 @@ def test_metrics_jsonl_and_tensorboard(one_device_run):
     assert _rel(seen[r["step"]], r["loss"]) < 1e-6
 
 
-def test_same_losses_on_1_and_8_devices_and_2_processes(one_device_run, tmp_path):
+def test_same_losses_on_1_device_and_2_processes_of_4(one_device_run, tmp_path):
   ref = losses(one_device_run)
-  wd8 = tmp_path / "eight"
-  run_jisp("train", "--config", CFG, "--workdir", str(wd8), *MICRO, "--config.num_steps=5",
-           "--config.log_every=1", "--config.checkpoint_every=100", devices=8)
   wdmp = tmp_path / "multiproc"
   p = subprocess.run(
       ["bash", "launch/local_multiprocess.sh", "2", CFG, str(wdmp), *MICRO,
@@ -60,11 +58,11 @@ def test_same_losses_on_1_and_8_devices_and_2_processes(one_device_run, tmp_path
       env=env(4, JISP_PYTHON=os.sys.executable, JISP_DEVICES_PER_PROCESS=4),
       cwd=REPO, capture_output=True, text=True, timeout=600)
   assert p.returncode == 0, p.stderr[-3000:]
-  assert "devices=8 processes=2" in p.stdout
-  for other in (losses(wd8), losses(wdmp)):
-    assert sorted(other) == [1, 2, 3, 4, 5]
-    for s in range(1, 6):
-      assert _rel(other[s], ref[s]) < 1e-4, (s, other[s], ref[s])
+  assert "devices=8 processes=2" in p.stdout  # 8 devices too: the 8-device layout
+  other = losses(wdmp)
+  assert sorted(other) == [1, 2, 3, 4, 5]
+  for s in range(1, 6):
+    assert _rel(other[s], ref[s]) < 1e-4, (s, other[s], ref[s])
 
 
 def test_micro_batched_steps_are_the_same_on_1_and_8_devices(tmp_path):
@@ -115,6 +113,7 @@ def test_resume_after_kill_9_matches_uninterrupted(tmp_path):
   assert len(resumed) == 1
   start = resumed[0]["step"]
   assert start in (2, 4) and "resumed from checkpoint step" in p.stdout
+  assert "skipped damaged checkpoint" not in p.stderr  # the kill left nothing half-valid
   after = losses(wd)
   for s in range(start + 1, 11):
     assert _rel(after[s], ref[s]) < 1e-6, (s, after[s], ref[s])
@@ -131,33 +130,13 @@ def test_sigterm_writes_checkpoint_and_exits_zero(tmp_path):
   out, err = proc.communicate(timeout=300)
   assert proc.returncode == 0, err[-2000:]
   assert "SIGTERM received" in out
+  assert (wd / "status").read_text() == "preempted\n"  # launch/slurm.sbatch requeues
   steps = [int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit()]
   assert len(steps) == 1 and 3 <= steps[0] < 1000
   # ... and that checkpoint resumes.
   p = run_jisp(*args[:-5], *MICRO, f"--config.num_steps={steps[0] + 1}",
                "--config.log_every=1", "--config.checkpoint_every=1000")
   assert f"resumed from checkpoint step {steps[0]}" in p.stdout
-
-
-def test_nan_loss_stops_with_message_and_keeps_good_checkpoint(tmp_path):
-  wd = tmp_path / "nan"
-  # An absurd learning rate blows the weights up within a few steps.
-  p = run_jisp("train", "--config", CFG, "--workdir", str(wd), *MICRO, "--config.num_steps=50",
-               "--config.log_every=1", "--config.checkpoint_every=1", "--config.optim.peak_lr=1e30",
-               "--config.optim.warmup_steps=1", "--config.optim.grad_clip_norm=0", check=False)
-  assert p.returncode == 3, p.stderr[-2000:]
-  msg = [l for l in p.stderr.splitlines() if l.startswith("jisp train: error:")]
-  assert len(msg) == 1 and "non-finite" in msg[0] and "last good checkpoint kept" in msg[0]
-  bad_step = int(msg[0].split(" at step ")[1].split(";")[0])
-  kept = sorted(int(q.name) for q in (wd / "checkpoints").iterdir() if q.name.isdigit())
-  assert kept and max(kept) < bad_step
-  # The newest kept checkpoint restores (with the run's own config.json) to finite params.
-  import jax
-  import numpy as np
-  from jisp.train import runs
-  run = runs.load_run(str(wd))
-  assert run.step == max(kept)
-  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(run.params))
 
 
 def test_lost_peer_stops_the_run_with_one_line_and_keeps_checkpoints(tmp_path):

@@ -1,4 +1,8 @@
-"""`jisp train --config F --workdir D [--config.a.b=v ...]`: train or resume."""
+"""`jisp train --config F --workdir D [--config.a.b=v ...]`: train or resume.
+
+Exit status: 0 finished (or stopped by SIGTERM after a checkpoint), 2 a user error, 3 the
+run diverged, 130 Ctrl-C / SIGINT (after a checkpoint).
+"""
 from __future__ import annotations
 
 from jisp.cli.common import split_overrides
@@ -21,7 +25,8 @@ def run(args, rest) -> int:
   from jisp.core.config import load
   cfg = load(args.config, split_overrides(rest))  # fails on bad keys before jax starts
   from jisp.train import distributed
+  distributed.check_layout(args.num_processes, args.process_id, args.coordinator)
   distributed.initialize(args.coordinator, args.num_processes, args.process_id)
   from jisp.train.loop import train
-  train(cfg, args.workdir)
-  return 0
+  summary = train(cfg, args.workdir)
+  return 130 if summary.get("signal") == "SIGINT" else 0

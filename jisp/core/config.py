@@ -18,7 +18,7 @@ import importlib
 import importlib.util
 import inspect
 import pathlib
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import ml_collections
 
@@ -32,6 +32,10 @@ REQUIRED_TOP_LEVEL = ("seed", "batch_size", "num_steps", "log_every",
 # `--config.micro_batch=4` works on any config).
 OPTIONAL_TOP_LEVEL = {
     "micro_batch": 0,  # examples per forward/backward inside a train step; 0 = whole batch
+    "stages": (),  # progressive training: ((steps, patch, global_batch), ...); () = one stage
+    # The device mesh: data x fsdp (jisp.core.sharding); arrays with at least
+    # min_shard_size elements split over fsdp, unless a `replicate` regex matches.
+    "mesh": {"fsdp": 1, "min_shard_size": 2 ** 14, "replicate": ()},
 }
 
 
@@ -42,6 +46,7 @@ ALIASES = {
     "ddpm_fivek_ddpm_schedule": "ddpm_fivek:schedule=ddpm",
     "ddpm_fivek_patch128": "ddpm_fivek:patch=128",
     "ddpm_fivek_v": "ddpm_fivek:prediction=v",
+    "ddpm_fivek_beta_linear": "ddpm_fivek:schedule=beta_linear",
     "invisp_fivek_canon": "invisp_fivek:camera=canon",
     "invisp_fivek_nosim": "invisp_fivek:sim=none",
     "invisp_fivek_dsq": "invisp_fivek:rounding=dsq",
@@ -117,7 +122,7 @@ def load_config_file(spec) -> ml_collections.ConfigDict:
     raise ConfigError(f"config {where}: get_config() must return an ml_collections.ConfigDict")
   for k, v in OPTIONAL_TOP_LEVEL.items():
     if k not in cfg:
-      cfg[k] = v
+      cfg[k] = ml_collections.ConfigDict(v) if isinstance(v, dict) else v
   return cfg
 
 
@@ -223,17 +228,112 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Iterable[str]) ->
   return cfg
 
 
+# Compute dtypes a model may name (jnp.dtype would accept "float64" and then fail later).
+MODEL_DTYPES = ("float32", "bfloat16", "float16")
+
+
+class Stage(NamedTuple):
+  """One progressive-training stage: steps start+1 .. end at `patch` x `batch`."""
+  index: int
+  start: int
+  end: int
+  patch: int
+  batch: int
+
+
+def stage_list(cfg) -> tuple[Stage, ...]:
+  """The run's stages from the optional top-level `stages = ((steps, patch, global_batch),
+  ...)` (stage lengths summing to num_steps; the first equals data.patch_size and
+  batch_size). Without `stages`, one stage covering the whole run. ConfigError naming
+  'stages' for anything else."""
+  num_steps = int(cfg.num_steps)
+  patch0 = int(cfg.data.patch_size) if "data" in cfg and "patch_size" in cfg.data else 0
+  raw = cfg.get("stages") if hasattr(cfg, "get") else None
+  if raw is None or (isinstance(raw, (tuple, list)) and not raw):
+    return (Stage(0, 0, num_steps, patch0, int(cfg.batch_size)),)
+
+  def bad(why):
+    return ConfigError(f"bad value for config key 'stages': {_short(raw)} ({why})")
+
+  if not isinstance(raw, (tuple, list)):
+    raise bad("expected ((steps, patch, global_batch), ...)")
+  out, start = [], 0
+  for i, st in enumerate(raw):
+    if not isinstance(st, (tuple, list)) or len(st) != 3 or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in st):
+      raise bad(f"stage {i + 1} is not three integers (steps, patch, global_batch)")
+    steps, patch, batch = (int(v) for v in st)
+    if steps <= 0 or patch <= 0 or batch <= 0:
+      raise bad(f"stage {i + 1}: steps, patch and global_batch must be > 0")
+    if patch % 8:
+      raise bad(f"stage {i + 1}: patch {patch} must be a multiple of 8")
+    out.append(Stage(i, start, start + steps, patch, batch))
+    start += steps
+  if start != num_steps:
+    raise bad(f"the stage lengths sum to {start} but num_steps is {num_steps}; change "
+              "one so they agree")
+  if (out[0].patch, out[0].batch) != (patch0, int(cfg.batch_size)):
+    raise bad(f"the first stage ({out[0].patch} px, batch {out[0].batch}) must equal "
+              f"data.patch_size={patch0} and batch_size={cfg.batch_size}")
+  return tuple(out)
+
+
+def _short(v) -> str:
+  text = repr(v)
+  return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _validate_model(m) -> None:
+  """Model keys shared by the U-Net family (unet, color_net) and every model's dtype,
+  checked by name: each of these crashed inside Flax or XLA before."""
+  if "dtype" in m and str(m.dtype) not in MODEL_DTYPES:
+    raise ConfigError(f"bad value for config key 'model.dtype': {m.dtype!r} (expected one "
+                      f"of {', '.join(MODEL_DTYPES)})")
+  mults = tuple(m.channel_mults) if "channel_mults" in m else None
+  if "num_groups" in m:
+    g = m.num_groups
+    if not isinstance(g, int) or g <= 0:
+      raise ConfigError(f"bad value for config key 'model.num_groups': {g!r} (must be > 0)")
+    if mults is not None and "base_channels" in m:
+      widths = sorted({int(m.base_channels) * int(k) for k in mults})
+      if any(w % g for w in widths):
+        raise ConfigError(
+            f"bad value for config key 'model.num_groups': {g} does not divide the channel "
+            f"widths {widths} (model.base_channels={m.base_channels} x "
+            f"model.channel_mults={mults}); GroupNorm needs a divisor of every width")
+  if "attention_stages" in m and mults is not None and \
+      len(tuple(m.attention_stages)) != len(mults):
+    raise ConfigError(
+        f"bad value for config key 'model.attention_stages': {tuple(m.attention_stages)} has "
+        f"{len(tuple(m.attention_stages))} entries but model.channel_mults={mults} has "
+        f"{len(mults)} stages (one flag per stage)")
+
+
 def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Checks that need no compile: required keys and basic ranges."""
+  """Checks that need no compile: required keys, basic ranges, model widths, stages."""
   for k in REQUIRED_TOP_LEVEL:
     if k not in cfg:
       raise ConfigError(f"config lacks required top-level key '{k}'")
   for k in ("batch_size", "num_steps", "log_every", "checkpoint_every", "eval_every"):
     if int(cfg[k]) <= 0:
       raise ConfigError(f"bad value for config key '{k}': {cfg[k]} (must be > 0)")
+  for k in ("keep_checkpoints", "eval_batches"):
+    if k in cfg and (not isinstance(cfg[k], int) or cfg[k] < 1):
+      raise ConfigError(f"bad value for config key '{k}': {cfg[k]!r} (must be >= 1"
+                        + ("; a run must keep at least its newest checkpoint)"
+                           if k == "keep_checkpoints" else ")"))
   if "data" in cfg and "patch_size" in cfg.data and cfg.data.patch_size % 8:
     raise ConfigError(f"bad value for config key 'data.patch_size': {cfg.data.patch_size} "
                       "(must be a multiple of 8)")
+  if "model" in cfg and isinstance(cfg.model, ml_collections.ConfigDict):
+    _validate_model(cfg.model)
+  if "mesh" in cfg and isinstance(cfg.mesh, ml_collections.ConfigDict):
+    for k in ("fsdp", "min_shard_size"):
+      v = cfg.mesh.get(k, 1)
+      if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise ConfigError(f"bad value for config key 'mesh.{k}': {v!r} (must be an integer "
+                          ">= 1)")
+  stage_list(cfg)
   return cfg
 
 

@@ -18,16 +18,21 @@ from jisp.core import sharding
 from jisp.core.errors import ConfigError
 from jisp.core.flops import compiled_flops
 from jisp.experiments import machine
-from jisp.train import loop, optim, runs
+from jisp.train import guard, loop, optim, runs
 
 
-def _time_steps(step_fn, state, batch, steps: int):
-  """One warm-up step, then seconds per step over `steps` (state is donated each call)."""
-  state, m = step_fn(state, batch)
+def _guard(mesh):
+  return jax.device_put(guard.init(), sharding.replicated(mesh))
+
+
+def _time_steps(step_fn, state, batch, steps: int, g):
+  """One warm-up step, then seconds per step over `steps` (state and guard are donated
+  each call, as in the loop)."""
+  state, m, g = step_fn(state, batch, g)
   jax.block_until_ready(m)
   t0 = time.perf_counter()
   for _ in range(steps):
-    state, m = step_fn(state, batch)
+    state, m, g = step_fn(state, batch, g)
   jax.block_until_ready(m)
   return state, m, (time.perf_counter() - t0) / steps
 
@@ -57,10 +62,11 @@ def bench_train(config, steps: int = 5, emit=None, device_counts=None,
     batch = _random_batch(task.batch_spec(config.batch_size), mesh)
     step_fn = loop.compile_train_step(task, tx, lr_fn, config, mesh, state_sh)
     t0 = time.perf_counter()
-    compiled = step_fn.lower(state, batch).compile()
+    g = _guard(mesh)
+    compiled = step_fn.lower(state, batch, g).compile()
     compile_s = time.perf_counter() - t0
     flops = compiled_flops(compiled, n) or 0.0
-    state, m, dt = _time_steps(compiled, state, batch, steps)
+    state, m, dt = _time_steps(compiled, state, batch, steps, g)
     rec = {
         "bench": "train", "task": task.name, "devices": n,
         "platform": jax.devices()[0].platform, "device_kind": jax.devices()[0].device_kind,
@@ -125,7 +131,9 @@ def bench_data(config, steps: int = 20, emit=None) -> list[dict]:
   state, state_sh = loop.init_state(task, tx, config, mesh)
   step_fn = loop.compile_train_step(task, tx, lr_fn, config, mesh, state_sh)
   batch = sharding.to_global(src.next(), mesh)
-  state, _, step_dt = _time_steps(step_fn, state, batch, steps)
+  g = _guard(mesh)
+  state, _, step_dt = _time_steps(step_fn, state, batch, steps, g)
+  g = _guard(mesh)  # the timed loop donated the previous one
   emit_({"bench": "data", "what": "train_step_only", "devices": jax.device_count(),
         "patches_per_s": round(config.batch_size / step_dt, 1)})
 
@@ -135,7 +143,7 @@ def bench_data(config, steps: int = 20, emit=None) -> list[dict]:
     tw = time.perf_counter()
     batch = sharding.to_global(src.next(), mesh)
     wait += time.perf_counter() - tw
-    state, m = step_fn(state, batch)
+    state, m, g = step_fn(state, batch, g)
   jax.block_until_ready(m)
   total = time.perf_counter() - t0
   emit_({"bench": "data", "what": "train_from_pipeline", "devices": jax.device_count(),

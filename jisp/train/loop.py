@@ -3,14 +3,34 @@
 One jit-compiled step over a 1-D 'data' mesh: the global batch is sharded over every
 device of every process, parameters and optimiser state are replicated, and the state
 is donated so it is updated in place. Each process feeds only its share of the batch.
+
+What keeps a run safe (README "Reliability"):
+  * the workdir is checked and locked before anything is built (jisp.train.workdir);
+  * a resume first compares the config with the run's config.json (jisp.train.resume),
+    then restores the newest checkpoint that verifies (jisp.train.checkpoint), and only
+    then rewrites config.json;
+  * the step updates an on-device NaN/inf guard (jisp.train.guard) that the host reads
+    only at log / eval / checkpoint steps; every save is preceded by a check of the
+    whole state and of the loss its weights (and their EMA) give, so no checkpoint
+    holds non-finite or exploded weights;
+  * SIGTERM and SIGINT (Ctrl-C) stop at the next step with a checkpoint.
+
+Progressive stages (config `stages`, see jisp.core.config.stage_list): each stage has its
+own patch size and global batch, so its own task view (a config copy with the stage's
+data.patch_size and batch_size), data source and compiled step; the state, optimiser,
+schedule and EMA run on across stages. A checkpoint records the stage and the source
+position inside it, so a resume anywhere replays exactly the batches an unbroken run
+sees. Evaluation always uses the first stage's patch and batch, so its numbers stay
+comparable across stages.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
-import json
-import math
+import logging
 import os
 import signal
+import sys
 import time
 
 import jax
@@ -19,11 +39,13 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
-from jisp.core import microbatch, sharding
-from jisp.core.errors import ConfigError, NonFiniteLoss
-from jisp.core.fileio import atomic_write_json
-from jisp.train import checkpoint, distributed, optim, runs, sources
+from jisp.core import config as config_lib, microbatch, sharding
+from jisp.core.errors import (ConfigError, NonFiniteLoss, RunError, UserError,
+                              missing_config_key)
+from jisp.core.fileio import atomic_write_json, atomic_write_text
+from jisp.train import checkpoint, distributed, guard, optim, resume, runs, sources
 from jisp.train import state as state_lib
+from jisp.train import workdir as workdir_lib
 from jisp.train.metrics_log import MetricsLog
 
 
@@ -66,7 +88,9 @@ def micro_batch_of(config) -> int:
 
 
 def make_train_step(task, tx, lr_fn, ema_decay, micro_batch: int = 0):
-  def train_step(state, batch):
+  """step(state, batch, guard) -> (state, metrics, guard). The guard (jisp.train.guard)
+  records the first step whose loss or gradient norm is not finite."""
+  def train_step(state, batch, g):
     rng, step_rng = jax.random.split(state.rng)
     loss, aux, grads = loss_and_grads(task, state.params, batch, step_rng, micro_batch)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -74,9 +98,10 @@ def make_train_step(task, tx, lr_fn, ema_decay, micro_batch: int = 0):
     new_state = state.replace(
         step=state.step + 1, params=params, opt_state=opt_state, rng=rng,
         ema_params=ema_update(state.ema_params, params, ema_decay, state.step))
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr_fn(state.step)}
+    grad_norm = optax.tree.norm(grads)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr_fn(state.step)}
     metrics.update(aux)
-    return new_state, metrics
+    return new_state, metrics, guard.update(g, state.step + 1, loss, grad_norm)
   return train_step
 
 
@@ -88,20 +113,41 @@ def make_eval_step(task):
 
 def compile_train_step(task, tx, lr_fn, config, mesh, state_sharding):
   batch_sh = jax.tree.map(lambda _: sharding.batch_sharding(mesh), task.batch_spec(config.batch_size))
+  rep = sharding.replicated(mesh)
   return jax.jit(make_train_step(task, tx, lr_fn, config.optim.ema_decay,
                                  micro_batch_of(config)),
-                 in_shardings=(state_sharding, batch_sh),
-                 out_shardings=(state_sharding, sharding.replicated(mesh)),
-                 donate_argnums=(0,))
+                 in_shardings=(state_sharding, batch_sh, rep),
+                 out_shardings=(state_sharding, rep, rep),
+                 donate_argnums=(0, 2))
+
+
+def state_shardings(shapes, config, mesh):
+  """Shardings of a TrainState's arrays: the config's fsdp rule (`mesh.min_shard_size`,
+  `mesh.replicate`; jisp.core.sharding.param_shardings) over params, EMA and optimiser
+  state alike (Adam's moments have the params' shapes, so they split the same way); the
+  step, the RNG and every small array stay replicated. With mesh.fsdp = 1: all replicated."""
+  m = config.get("mesh") if hasattr(config, "get") else None
+  min_size = int(m.get("min_shard_size", sharding.MIN_SHARD_SIZE)) if m is not None else \
+      sharding.MIN_SHARD_SIZE
+  replicate = tuple(m.get("replicate", ())) if m is not None else ()
+  return sharding.param_shardings(shapes, mesh, min_size=min_size, replicate=replicate)
 
 
 def init_state(task, tx, config, mesh):
-  """Replicated TrainState built directly on the mesh (no host round trip)."""
+  """TrainState built directly on the mesh, laid out by `state_shardings` (no host round
+  trip)."""
   create = functools.partial(state_lib.create, task, tx)
   shapes = jax.eval_shape(create, jax.random.PRNGKey(config.seed))
-  state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), shapes)
+  state_sharding = state_shardings(shapes, config, mesh)
   state = jax.jit(create, out_shardings=state_sharding)(jax.random.PRNGKey(config.seed))
   return state, state_sharding
+
+
+def _make_mesh(config):
+  try:
+    return sharding.mesh_from_config(config)
+  except ValueError as e:  # fsdp that does not divide the devices
+    raise ConfigError(f"bad value for config key 'mesh.fsdp': {e}") from None
 
 
 def check_micro_batch(config, n_dev: int) -> None:
@@ -115,135 +161,432 @@ def check_micro_batch(config, n_dev: int) -> None:
                       f"{config.batch_size} and be a multiple of the {n_dev} devices)")
 
 
+# ------------------------------------------------------------------ host reads
+
+HOST_READS = {"count": 0}
+
+
+def to_host(tree):
+  """Every device -> host read of the loop goes through here (and only happens on log,
+  eval and checkpoint steps); tests run the loop under a transfer guard that forbids any
+  other, and count these."""
+  HOST_READS["count"] += 1
+  with jax.transfer_guard_device_to_host("allow"):
+    return jax.device_get(tree)
+
+
+@contextlib.contextmanager
+def _host_io():
+  """A save copies the state to the host: allowed like `to_host`."""
+  with jax.transfer_guard_device_to_host("allow"):
+    yield
+
+
+# ------------------------------------------------------------------ signals
+
 class _StopFlag:
-  """SIGTERM sets the flag; the loop checkpoints and exits cleanly at the next step."""
+  """SIGTERM or SIGINT sets the flag; the loop checkpoints and exits at the next step.
+  A second Ctrl-C stops at once (KeyboardInterrupt)."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.set = False
-    self._prev = None
+    self.name = None
+    self._prev = {}
 
   def install(self):
     def handler(signum, frame):
+      if self.set and signum == signal.SIGINT:
+        raise KeyboardInterrupt
       self.set = True
-    self._prev = signal.signal(signal.SIGTERM, handler)
+      self.name = signal.Signals(signum).name
+    for s in self.SIGNALS:
+      self._prev[s] = signal.signal(s, handler)
 
   def restore(self):
-    if self._prev is not None:
-      signal.signal(signal.SIGTERM, self._prev)
+    for s, prev in self._prev.items():
+      if prev is not None:
+        signal.signal(s, prev)
+    self._prev = {}
 
 
-def _finite_or_raise(step, metrics, last_good):
-  for k in ("loss", "grad_norm"):
-    v = float(metrics[k])
-    if not math.isfinite(v):
-      where = f"step {last_good}" if last_good is not None else "none yet"
-      raise NonFiniteLoss(f"non-finite {k} ({v}) at step {step}; training stopped, "
-                          f"last good checkpoint kept: {where}")
+_SIGNAL_CODES = {None: 0, "SIGTERM": 1, "SIGINT": 2}
 
 
-def _any_process(flag: bool) -> bool:
+def _agreed_signal(stop: "_StopFlag") -> str | None:
+  """The signal any process received (SIGINT wins over SIGTERM), the same on every
+  process: all of them then save the same step and stop (one allgather)."""
+  mine = _SIGNAL_CODES.get(stop.name if stop.set else None, 1)
   if jax.process_count() == 1:
-    return flag
-  flags = multihost_utils.process_allgather(np.array([flag], np.int32))
-  return bool(np.any(flags))
+    code = mine
+  else:
+    code = int(np.max(multihost_utils.process_allgather(np.array([mine], np.int32))))
+  return {v: k for k, v in _SIGNAL_CODES.items()}[code]
 
+
+def _same_everywhere(text: str | None) -> str | None:
+  """Process 0's text (e.g. an error) on every process, so all stop with the same line."""
+  if jax.process_count() == 1:
+    return text
+  buf = np.zeros(1024, np.uint8)
+  if jax.process_index() == 0 and text:
+    raw = text.encode()[:1023]
+    buf[:len(raw)] = np.frombuffer(raw, np.uint8)
+  buf = np.asarray(multihost_utils.broadcast_one_to_all(buf))
+  out = bytes(buf[buf != 0]).decode(errors="replace")
+  return out or None
+
+
+# ------------------------------------------------------------------ the workdir
+
+STATUS_NAME = "status"
+STATUSES = ("running", "finished", "preempted", "interrupted")
+
+
+def write_status(workdir: str, status: str) -> None:
+  """WORKDIR/status, one word, written atomically: what cluster launchers read to decide
+  whether to requeue (launch/slurm.sbatch requeues unless it says "finished"). A run that
+  crashed or was killed still says "running"."""
+  assert status in STATUSES, status
+  atomic_write_text(os.path.join(workdir, STATUS_NAME), status + "\n")
+
+
+def read_status(workdir) -> str | None:
+  try:
+    with open(os.path.join(os.fspath(workdir), STATUS_NAME)) as f:
+      return f.read().strip() or None
+  except OSError:
+    return None
+
+
+def _claim_workdir(workdir: str):
+  """Check and lock the workdir on process 0 (one line naming the workdir or the holder);
+  every process stops with the same line."""
+  lock, err = None, None
+  path = os.path.abspath(str(workdir))
+  if jax.process_index() == 0:
+    try:
+      path = workdir_lib.prepare(path)
+      lock = workdir_lib.WorkdirLock(path).acquire()
+    except RunError as e:
+      err = str(e)
+  err = _same_everywhere(err)
+  if err:
+    if lock is not None:
+      lock.release()
+    raise RunError(err)
+  return path, lock
+
+
+class _QuietFileHandler(logging.FileHandler):
+  """A log file that cannot be written (the disk that just filled up) loses the record
+  instead of printing logging's own traceback to the console."""
+
+  def handleError(self, record):
+    pass
+
+
+@contextlib.contextmanager
+def _library_logs_to(workdir: str, enabled: bool):
+  """Orbax and TensorStore report failures through absl logging (and asyncio, when their
+  event loops are collected), a traceback per thread; during training they go to
+  WORKDIR/train.log and the user sees one line. After a failure the redirection stays:
+  those late messages arrive while the process exits."""
+  if not enabled:
+    yield
+    return
+  handler = _QuietFileHandler(os.path.join(workdir, "train.log"), delay=True)
+  handler.setLevel(logging.WARNING)
+  handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+  saved = []
+  for name in ("absl", "asyncio"):
+    lg = logging.getLogger(name)
+    saved.append((lg, lg.propagate))
+    lg.addHandler(handler)
+    lg.propagate = False
+  try:
+    yield
+  except BaseException:
+    raise
+  else:
+    for lg, propagate in saved:
+      lg.removeHandler(handler)
+      lg.propagate = propagate
+    try:
+      handler.close()
+    except OSError:
+      pass
+
+
+# ------------------------------------------------------------------ stages
+
+def stage_config(config, stage):
+  """A copy of `config` whose batch_size / data.patch_size are the stage's (how a task
+  sizes its batch)."""
+  if stage.index == 0:
+    return config
+  c = config.copy_and_resolve_references()
+  with c.unlocked():
+    c.batch_size = stage.batch
+    c.data.patch_size = stage.patch
+  c.lock()
+  return c
+
+
+def data_config(config, stage):
+  """The stage's config for its data source: stage k > 0 draws from its own stream."""
+  if stage.index == 0:
+    return config
+  c = stage_config(config, stage).copy_and_resolve_references()
+  with c.unlocked():
+    c.seed = int(config.seed) + 1000 * stage.index
+  c.lock()
+  return c
+
+
+def _check_layout(config, stages, n_dev, n_proc) -> None:
+  for st in stages:
+    cfg = stage_config(config, st)
+    key = "batch_size" if st.index == 0 else "stages"
+    what = "" if st.index == 0 else f" (stage {st.index + 1})"
+    if st.batch % n_dev:
+      raise ConfigError(f"bad value for config key '{key}': {st.batch}{what} is not "
+                        f"divisible by the {n_dev} devices of the mesh")
+    if st.batch % n_proc:
+      raise ConfigError(f"bad value for config key '{key}': {st.batch}{what} is not "
+                        f"divisible by the {n_proc} processes")
+    check_micro_batch(cfg, n_dev)
+
+
+def _build_task(config):
+  try:
+    return runs.build_task(config)
+  except (AttributeError, KeyError) as e:
+    key = missing_config_key(e)
+    if key is None:
+      raise
+    raise ConfigError(f"config lacks key '{key}' (needed by task "
+                      f"{config.get('task', '?')!r})") from None
+
+
+# ------------------------------------------------------------------ train
 
 def train(config, workdir: str) -> dict:
-  """Train (or resume) `config` in `workdir`. Returns a small summary dict."""
+  """Train (or resume) `config` in `workdir`. Returns a small summary dict ("signal":
+  "SIGTERM"/"SIGINT" when a signal stopped it)."""
   distributed.initialize()
-  workdir = os.path.abspath(workdir)
+  workdir, lock = _claim_workdir(workdir)
+  try:
+    with _library_logs_to(workdir, jax.process_index() == 0):
+      return _train(config, workdir)
+  except UserError:
+    raise  # already one line (RunError is also an OSError)
+  except OSError as e:  # metrics, TensorBoard, config.json on a full or read-only disk
+    reason = checkpoint.io_reason(e)
+    if reason is None:
+      raise
+    kept = checkpoint.intact_text(workdir)
+    raise RunError(f"{e.filename or workdir}: {reason}; {kept}; free space and re-run the "
+                   "same command to resume") from None
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train(config, workdir: str) -> dict:
   is_main = jax.process_index() == 0
+  n_proc = jax.process_count()
+  stages = config_lib.stage_list(config)
   # The data folder against the config, before anything is built: a missing test split
   # or a broken shard must not surface at the first eval.
   sources.check_data(config, ("train", "test"), verify="size")
-  task = runs.build_task(config)
-  mesh = sharding.make_mesh()
+  for st in stages[1:]:
+    sources.check_data(stage_config(config, st), ("train",))
+  task = _build_task(config)
+  mesh = _make_mesh(config)
   n_dev = jax.device_count()
-  if config.batch_size % n_dev:
-    raise ConfigError(f"bad value for config key 'batch_size': {config.batch_size} is not "
-                      f"divisible by the {n_dev} devices of the mesh")
-  check_micro_batch(config, n_dev)
-  local_batch = config.batch_size // jax.process_count()
+  _check_layout(config, stages, n_dev, n_proc)
 
   tx, lr_fn = optim.make_optimizer(config.optim, config.num_steps)
   state, state_sharding = init_state(task, tx, config, mesh)
   n_params = state_lib.param_count(state.params)
   if is_main:
     print(f"jisp train: task={task.name} params={n_params:,} devices={n_dev} "
-          f"processes={jax.process_count()} global_batch={config.batch_size} workdir={workdir}",
+          f"processes={n_proc} global_batch={config.batch_size} workdir={workdir}",
           flush=True)
-    os.makedirs(workdir, exist_ok=True)
-    atomic_write_json(os.path.join(workdir, "config.json"),
-                      json.loads(config.to_json_best_effort()), indent=2, sort_keys=True)
+    if sharding.fsdp_size(mesh) > 1:
+      leaves = jax.tree.leaves(state_sharding.params)
+      split = sum("fsdp" in s.spec for s in leaves)
+      print(f"jisp train: mesh data {mesh.shape['data']} x fsdp {mesh.shape['fsdp']}: "
+            f"{split} of {len(leaves)} parameter arrays sharded over fsdp", flush=True)
 
-  source = sources.make_source(config, "train", local_batch=local_batch,
-                               process_index=jax.process_index(),
-                               process_count=jax.process_count())
+  start, data_state = 0, None
+  existing = checkpoint.checkpoint_steps(workdir)
+  if existing:
+    # Refuse a changed config before reading (or overwriting) anything.
+    resume.check(workdir, config, existing[-1])
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    del state  # its buffers are replaced by the restored ones
+    r = checkpoint.restore_verified(workdir, abstract)
+    state, data_state, start = r.state, r.data, int(r.step)
+    if r.skipped:
+      moved = checkpoint.quarantine(workdir, [s for s, _ in r.skipped])
+      if n_proc > 1:
+        multihost_utils.sync_global_devices("jisp-quarantine")
+      if is_main:
+        print(f"jisp train: warning: skipped damaged checkpoint "
+              f"{checkpoint.describe_skipped(r.skipped)}; resuming from step {start}; the "
+              f"damaged ones are kept in {moved}", file=sys.stderr, flush=True)
+  if is_main:
+    # Only now: a refused or failed resume must leave the run's config.json as it was.
+    atomic_write_json(os.path.join(workdir, "config.json"), resume.config_dict(config),
+                      indent=2, sort_keys=True)
+    write_status(workdir, "running")
+
   ckpt = checkpoint.Checkpointer(workdir, keep=config.get("keep_checkpoints", 3))
   log = MetricsLog(workdir, is_main, config.num_steps)
-
-  start = ckpt.latest_step()
-  last_good = start
-  if start is not None:
-    state, data_state = ckpt.restore(start, state)
-    source.set_state(data_state["source"])
-    log.event(event="resume", step=int(start))
+  if start:
+    log.event(event="resume", step=start)
     if is_main:
       print(f"jisp train: resumed from checkpoint step {start}", flush=True)
-  start = start or 0
 
-  train_step = compile_train_step(task, tx, lr_fn, config, mesh, state_sharding)
   eval_step = jax.jit(make_eval_step(task))
   eval_batches = None
+  g = jax.device_put(guard.init(), sharding.replicated(mesh))
+  local_batch0 = config.batch_size // n_proc
 
   stop = _StopFlag()
   stop.install()
   t_last, step_last = time.time(), start
-  prev = None
+  stop_signal = None
+  last_good = start or None
   step = start
+  cur, source, train_step, probe_step = None, None, None, None
   try:
     for step in range(start + 1, config.num_steps + 1):
+      st = next(s for s in stages if s.start < step <= s.end)
+      if cur is None or st.index != cur.index:
+        if source is not None:
+          source.close()
+        cur = st
+        source, train_step, probe_step = _enter_stage(
+            config, st, task, tx, lr_fn, mesh, state_sharding, data_state, step, is_main,
+            len(stages), eval_step)
+        data_state = None
       batch = sharding.to_global(source.next(), mesh)
-      state, metrics = train_step(state, batch)
-      # Check the previous step's loss while this one runs: catches NaN within one
-      # step without a host sync on every step.
-      if prev is not None:
-        _finite_or_raise(prev[0], prev[1], last_good)
-      prev = (step, metrics)
+      state, metrics, g = train_step(state, batch, g)
 
-      if step % config.log_every == 0 or step == config.num_steps:
-        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        _finite_or_raise(step, m, last_good)
+      last = step == config.num_steps
+      log_now = step % config.log_every == 0 or last
+      # One process alone polls its flag for free; several agree at log steps only.
+      if n_proc == 1 or log_now:
+        stop_signal = _agreed_signal(stop) if n_proc > 1 else (stop.name if stop.set else None)
+      stopping = stop_signal is not None
+      ckpt_now = step % config.checkpoint_every == 0 or last or stopping
+      eval_now = step % config.eval_every == 0 or last
+      if not (log_now or ckpt_now or eval_now):
+        continue  # no host read: the next step is dispatched while this one runs
+
+      host = to_host({"guard": g, "metrics": metrics} if log_now else {"guard": g})
+      _raise_if_bad(host["guard"], last_good)
+      if log_now:
+        m = {k: float(v) for k, v in host["metrics"].items()}
         now = time.time()
         sps = (step - step_last) / max(now - t_last, 1e-9)
         m["steps_per_s"] = sps
-        m["patches_per_s"] = sps * config.batch_size
+        m["patches_per_s"] = sps * cur.batch
         t_last, step_last = now, step
         log.write(step, m)
         log.progress(step, {"loss": m["loss"], "lr": m["lr"], "steps/s": sps})
 
-      if step % config.eval_every == 0 or step == config.num_steps:
+      if ckpt_now:
+        # Always checked before a save, whatever the guard saw: the whole state, and the
+        # loss the new weights (and their EMA) give on this step's batch.
+        (finite, fp), (lp, le) = to_host((
+            guard.check_state_jit(state),
+            guard.probe_losses(probe_step, state, batch, int(config.seed) + 2000)))
+        if not bool(finite) or not (np.isfinite(lp) and np.isfinite(le)):
+          what = ("the train state holds non-finite values" if not bool(finite) else
+                  f"the weights after step {step} give a non-finite loss ({float(lp)}, EMA "
+                  f"{float(le)}): the update diverged")
+          raise NonFiniteLoss(f"{what}; training stopped before saving step {step}; "
+                              f"{_last_good_text(last_good)}; lower optim.peak_lr or set "
+                              "optim.grad_clip_norm")
+        with _host_io():
+          ckpt.save(step, state, {"source": source.get_state(), "stage": cur.index,
+                                  "fingerprint": guard.fingerprint_list(fp)},
+                    force=stopping)
+        last_good = step
+
+      if eval_now:
         if eval_batches is None:
-          eval_batches = _eval_batches(config, local_batch, mesh)
+          eval_batches = _eval_batches(config, local_batch0, mesh)
         ev = _evaluate(eval_step, state.ema_params, eval_batches, config.seed)
         log.write(step, {f"eval/{k}": v for k, v in ev.items()})
 
-      stopping = _any_process(stop.set) if (jax.process_count() == 1 or step % config.log_every == 0) else False
-      if step % config.checkpoint_every == 0 or step == config.num_steps or stopping:
-        _finite_or_raise(step, jax.device_get(metrics), last_good)
-        ckpt.save(step, state, {"source": source.get_state()}, force=stopping)
-        last_good = step
       if stopping:
         if is_main:
-          print(f"jisp train: SIGTERM received; checkpoint written at step {step}, exiting",
-                flush=True)
+          if stop_signal == "SIGINT":
+            print(f"jisp train: interrupted (SIGINT); checkpoint written at step {step}; "
+                  "re-run the same command to resume", file=sys.stderr, flush=True)
+          else:
+            print(f"jisp train: {stop_signal} received; checkpoint written at step {step}, "
+                  "exiting", flush=True)
         break
   finally:
-    ckpt.close()
-    log.close()
-    source.close()
-    stop.restore()
-  return {"step": int(step), "params": n_params, "workdir": workdir}
+    try:
+      ckpt.close()
+    finally:
+      log.close()
+      if source is not None:
+        source.close()
+      stop.restore()
+  if is_main:  # only after the last save is complete (ckpt.close waited for it)
+    if step >= config.num_steps:
+      write_status(workdir, "finished")
+    elif stop_signal is not None:
+      write_status(workdir, "preempted" if stop_signal == "SIGTERM" else "interrupted")
+  return {"step": int(step), "params": n_params, "workdir": workdir,
+          "signal": stop_signal}
+
+
+def _last_good_text(last_good) -> str:
+  if last_good is None:
+    return "no checkpoint had been written yet"
+  return f"the newest checkpoint, step {last_good}, is finite and kept"
+
+
+def _raise_if_bad(g_host, last_good) -> None:
+  bad = guard.describe(g_host)
+  if bad:
+    raise NonFiniteLoss(f"{bad}; training stopped; {_last_good_text(last_good)}; lower "
+                        "optim.peak_lr or set optim.grad_clip_norm")
+
+
+def _enter_stage(config, st, task, tx, lr_fn, mesh, state_sharding, data_state, step,
+                 is_main, n_stages, eval_step):
+  """(source, compiled step, eval step for the pre-save probe) for stage `st`, the source
+  positioned for `step`. The first stage probes with the loop's eval step itself (same
+  batch shape as evaluation: one program for both)."""
+  cfg = stage_config(config, st)
+  stage_task = task if st.index == 0 else type(task)(cfg, task.inputs)
+  n_proc = jax.process_count()
+  source = sources.make_source(data_config(config, st), "train", local_batch=st.batch // n_proc,
+                               process_index=jax.process_index(), process_count=n_proc)
+  if data_state is not None and step - 1 > st.start:
+    # Resumed inside this stage: continue its stream where the checkpoint left it.
+    if int(data_state.get("stage", 0)) != st.index:
+      raise RunError(f"checkpoint step {step - 1} was written in stage "
+                     f"{int(data_state.get('stage', 0)) + 1}, but the config puts it in "
+                     f"stage {st.index + 1}")
+    source.set_state(data_state["source"])
+  if is_main and n_stages > 1:
+    print(f"jisp train: stage {st.index + 1}/{n_stages}: patch {st.patch}, global batch "
+          f"{st.batch}, steps {st.start + 1}-{st.end}", flush=True)
+  probe_step = eval_step if st.index == 0 else jax.jit(make_eval_step(stage_task))
+  return source, compile_train_step(stage_task, tx, lr_fn, cfg, mesh, state_sharding), probe_step
 
 
 def _eval_batches(config, local_batch, mesh):
@@ -259,6 +602,6 @@ def _evaluate(eval_step, params, batches, seed):
   totals = {}
   for i, b in enumerate(batches):
     m = eval_step(params, b, jax.random.PRNGKey(seed + 1000 + i))
-    for k, v in jax.device_get(m).items():
+    for k, v in to_host(m).items():
       totals[k] = totals.get(k, 0.0) + float(v)
   return {k: v / len(batches) for k, v in totals.items()}

@@ -44,18 +44,23 @@ class MetricsLog:
       # tensorboardX: TensorBoard event files without TensorFlow (accelerator images).
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
 
-  def event(self, **rec) -> None:
-    if self.enabled:
+  def _append(self, rec: dict) -> None:
+    try:
       self._jsonl.write(json.dumps(rec) + "\n")
       self._jsonl.flush()
+    except OSError as e:  # a full disk: name the file (the loop turns it into one line)
+      raise OSError(e.errno, e.strerror, self._jsonl.name) from None
+
+  def event(self, **rec) -> None:
+    if self.enabled:
+      self._append(rec)
 
   def write(self, step: int, values: dict[str, float]) -> None:
     if not self.enabled:
       return
     rec = {"step": int(step)}
     rec.update({k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in values.items()})
-    self._jsonl.write(json.dumps(rec) + "\n")
-    self._jsonl.flush()
+    self._append(rec)
     for k, v in values.items():
       self._tb.add_scalar(k, float(v), int(step))
 
@@ -69,5 +74,11 @@ class MetricsLog:
 
   def close(self) -> None:
     if self.enabled:
-      self._jsonl.close()
-      self._tb.close()
+      try:
+        self._jsonl.close()
+      except OSError:
+        pass  # a full disk: what could be written was flushed line by line
+      try:
+        self._tb.close()
+      except OSError:
+        pass

@@ -15,8 +15,9 @@ import ml_collections
 
 from jisp import tasks
 from jisp.core.camera import CameraProfile
+from jisp.core import config as config_lib
 from jisp.core.config import load as load_config_spec
-from jisp.core.errors import ConfigError, DataError, OptionError, RunError
+from jisp.core.errors import ConfigError, DataError, OptionError, RunError, missing_config_key
 from jisp.core.fileio import load_manifest, read_json
 from jisp.tasks.base import TaskInputs
 from jisp.train import checkpoint
@@ -38,7 +39,15 @@ def load_config(workdir) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
     raise RunError(f"{workdir}: no config.json (not a jisp run directory; train first)")
-  return ml_collections.ConfigDict(read_json(path, "run config", error=RunError))
+  raw = read_json(path, "run config", error=RunError)
+  if not isinstance(raw, dict):
+    raise RunError(f"{path}: run config must be a JSON object")
+  cfg = ml_collections.ConfigDict(raw)
+  try:
+    config_lib.validate(cfg)
+  except ConfigError as e:
+    raise RunError(f"{path}: {e}") from None
+  return cfg
 
 
 def manifest_camera(data_dir: str, hint: str = "") -> tuple[CameraProfile, str] | None:
@@ -82,8 +91,15 @@ def load_run(workdir, use_ema: bool = True, *, _loading: tuple = ()) -> Run:
   """Config, task and (EMA) params of the latest checkpoint of a training run."""
   workdir = os.path.abspath(workdir)
   config = load_config(workdir)
-  task = build_task(config, _loading=_loading or (workdir,))
-  step, params = checkpoint.restore_params(workdir, task, use_ema=use_ema)
+  try:
+    task = build_task(config, _loading=_loading or (workdir,))
+    step, params = checkpoint.restore_params(workdir, task, use_ema=use_ema)
+  except (AttributeError, KeyError) as e:
+    key = missing_config_key(e)
+    if key is None:
+      raise
+    raise RunError(f"{os.path.join(workdir, 'config.json')}: lacks config key '{key}' (a "
+                   "damaged file, or one from another jisp version)") from None
   return Run(workdir, config, task, int(step), params)
 
 

@@ -1,0 +1,154 @@
+"""Reliability of `jisp train` where a process must start, die or be signalled (issue 15):
+two trainers on one workdir, kill -9 then re-run (stale lock), Ctrl-C, a multi-process run
+whose peer never starts, and a disk that fills up during training. One trainer's life
+covers the first three, to keep the start-ups few."""
+import signal
+import subprocess
+import time
+
+import pytest
+
+from helpers import MICRO, REPO, env, jisp_cmd, losses, raw_lines, run_jisp
+
+CFG = "configs/ddpm_tiny.py"
+
+
+def _args(wd, steps=10_000, every=2):
+  return ["train", "--config", CFG, "--workdir", str(wd), *MICRO, f"--config.num_steps={steps}",
+          "--config.log_every=1", f"--config.checkpoint_every={every}"]
+
+
+def _start(args, **extra_env):
+  return subprocess.Popen(jisp_cmd(*args), env=env(2, **extra_env), cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_step(wd, step, proc, timeout=400):
+  t0 = time.time()
+  while time.time() - t0 < timeout:
+    if (wd / "metrics.jsonl").exists() and step in losses(wd):
+      return
+    if proc.poll() is not None:
+      raise AssertionError(f"training exited early: {proc.stderr.read()[-2000:]}")
+    time.sleep(0.2)
+  raise AssertionError("timed out waiting for training")
+
+
+def _wait_for_resumed_steps(wd, n, proc, timeout=400):
+  """Until the run that resumed last has logged `n` steps."""
+  t0 = time.time()
+  while time.time() - t0 < timeout:
+    recs = raw_lines(wd) if (wd / "metrics.jsonl").exists() else []
+    marks = [i for i, r in enumerate(recs) if r.get("event") == "resume"]
+    if marks and sum("loss" in r for r in recs[marks[-1]:]) >= n:
+      return
+    if proc.poll() is not None:
+      raise AssertionError(f"training exited early: {proc.stderr.read()[-2000:]}")
+    time.sleep(0.2)
+  raise AssertionError("timed out waiting for training")
+
+
+def _ckpts(wd):
+  d = wd / "checkpoints"
+  return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
+
+
+def _error_lines(err):
+  return [l for l in err.splitlines() if l.startswith("jisp train: error:")]
+
+
+def test_second_trainer_stops_at_once_a_killed_ones_lock_is_taken_over_and_ctrl_c_saves(
+    tmp_path):
+  wd = tmp_path / "run"
+  first = _start(_args(wd))
+  try:
+    _wait_for_step(wd, 3, first)
+    t0 = time.time()
+    second = run_jisp(*_args(wd), check=False, timeout=300)
+    lines = _error_lines(second.stderr)
+    assert second.returncode == 2 and len(lines) == 1, second.stderr[-2000:]
+    assert str(wd) in lines[0] and f"pid {first.pid}" in lines[0] and "host" in lines[0]
+    assert "jisp train: task=" not in second.stdout  # stopped before building anything
+    assert time.time() - t0 < 120
+    assert first.poll() is None  # the first one is unaffected...
+  finally:
+    first.send_signal(signal.SIGKILL)  # ... until it is killed the hard way
+    first.wait()
+  steps = [r for r in losses(wd)]
+  assert len(steps) == len(set(steps))  # nobody logged a step twice
+  done = _ckpts(wd)
+  assert done and (wd / "train.lock").exists()  # the dead trainer's lock file stays
+  assert (wd / "status").read_text() == "running\n"  # a killed run is not "finished"
+
+  # The next run takes the stale lock over and resumes; Ctrl-C then saves and exits 130.
+  third = _start(_args(wd, every=1000))
+  _wait_for_resumed_steps(wd, 2, third)
+  third.send_signal(signal.SIGINT)
+  out, err = third.communicate(timeout=300)
+  assert f"resumed from checkpoint step {done[-1]}" in out
+  assert third.returncode == 130, err[-2000:]
+  said = [l for l in err.splitlines() if "interrupted" in l]
+  assert len(said) == 1 and "checkpoint written at step" in said[0], err[-2000:]
+  assert "Traceback" not in err
+  step = int(said[0].split("checkpoint written at step ")[1].split(";")[0])
+  assert step >= done[-1] + 2 and step in _ckpts(wd)
+  assert (wd / "status").read_text() == "interrupted\n"
+  p = run_jisp(*_args(wd, steps=step + 1, every=1000))
+  assert f"resumed from checkpoint step {step}" in p.stdout
+
+
+def _free_port():
+  import socket
+  s = socket.socket()
+  s.bind(("127.0.0.1", 0))
+  port = s.getsockname()[1]
+  s.close()
+  return port
+
+
+@pytest.mark.parametrize("pid,needle", [
+    (0, "process 1 of 2 never arrived at the coordinator"),
+    (1, "process 1: could not reach process 0 at the coordinator"),
+])
+def test_a_peer_that_never_starts_is_named_after_the_startup_timeout(tmp_path, pid, needle):
+  t0 = time.time()
+  p = run_jisp(*_args(tmp_path / "mp", steps=2), "--num-processes", "2", "--process-id", str(pid),
+               "--coordinator", f"127.0.0.1:{_free_port()}", check=False, timeout=240,
+               JISP_STARTUP_TIMEOUT=5)
+  lines = _error_lines(p.stderr)
+  assert p.returncode == 2 and len(lines) == 1, p.stderr[-2000:]
+  assert needle in lines[0] and "within 5 s" in lines[0]
+  assert time.time() - t0 < 200
+
+
+def _mount_tmpfs(path, size):
+  path.mkdir(parents=True, exist_ok=True)
+  r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                     capture_output=True, text=True)
+  if r.returncode != 0:
+    pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
+
+
+def test_disk_full_during_training_is_one_line_and_resumes_after_freeing(tmp_path):
+  mnt = tmp_path / "small"
+  _mount_tmpfs(mnt, "6m")  # room for two or three checkpoints of the micro U-Net
+  try:
+    wd = mnt / "run"
+    p = run_jisp(*_args(wd, steps=40, every=1), "--config.keep_checkpoints=40", check=False)
+    lines = _error_lines(p.stderr)
+    assert p.returncode == 2 and len(lines) == 1, p.stderr[-3000:]
+    assert "no space left on device" in lines[0] and "intact" in lines[0]
+    assert "checkpoints" in lines[0] and "while writing checkpoint step" in lines[0]
+    assert "Traceback" not in p.stderr and "ERROR:absl" not in p.stderr
+    other = [l for l in p.stderr.splitlines() if not l.startswith(("step ", "jisp train:"))]
+    assert not other, other[:5]
+    kept = _ckpts(wd)
+    assert kept and not list((wd / "checkpoints").glob("*.orbax-checkpoint-tmp*"))
+    # Free space (grow the file system); the same command resumes from the newest one.
+    subprocess.run(["mount", "-o", "remount,size=200m", str(mnt)], check=True)
+    p = run_jisp(*_args(wd, steps=40, every=20), "--config.keep_checkpoints=40")
+    assert f"resumed from checkpoint step {kept[-1]}" in p.stdout
+    assert max(losses(wd)) == 40
+  finally:
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
