@@ -1,4 +1,4 @@
-"""`jisp` command line: prepare | train | reconstruct | eval | bench | demo.
+"""`jisp` command line: prepare | train | reconstruct | eval | compare | bench | demo.
 
 Intentionally thin (flax examples' main.py): each command module parses its options and
 calls one library function. Heavy imports happen inside the commands so `jisp --help` is
@@ -19,10 +19,10 @@ import tempfile
 import time
 import traceback
 
-from jisp.cli import bench, demo, evaluate, prepare, reconstruct, train
+from jisp.cli import bench, compare, demo, evaluate, prepare, reconstruct, train
 
 COMMANDS = {"train": train, "prepare": prepare, "reconstruct": reconstruct,
-            "eval": evaluate, "bench": bench, "demo": demo}
+            "eval": evaluate, "compare": compare, "bench": bench, "demo": demo}
 
 
 def build_parser() -> argparse.ArgumentParser:
