@@ -166,3 +166,16 @@ def test_compare_runs_in_the_prepared_folders_protocol_and_refuses_other_runs(
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "manifest.json" in err[0] and "'linear'" in err[0]
   assert not (tmp_path / "y" / "compare.json").exists()
+
+
+def test_leave_one_camera_out_needs_several_cameras(tmp_path, capsys):
+  from helpers import cli
+  from jisp.data.virtual_camera import write_virtual_raw_dir
+  raws = write_virtual_raw_dir(tmp_path / "raws", 1, seed=1, size=(32, 48))  # one camera
+  assert cli("compare", "--leave-one-camera-out", "--data", str(raws[0].parent), "-o",
+             str(tmp_path / "out")) == 2
+  err = capsys.readouterr().err.strip()
+  assert "\n" not in err and "2 or more cameras" in err and str(raws[0].parent) in err
+  assert cli("compare", "--leave-one-camera-out", "--data", str(raws[0].parent),
+             "--loco-methods", "upi2", "-o", str(tmp_path / "out")) == 2
+  assert "upi2" in capsys.readouterr().err

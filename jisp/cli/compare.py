@@ -25,6 +25,14 @@ def add_parser(sub, name):
   c.add_argument("--crop", type=int, default=192,
                  help="side of the figure's centred crop, input pixels")
   c.add_argument("--json", action="store_true", help="print compare.json's object")
+  c.add_argument("--leave-one-camera-out", action="store_true",
+                 help="--data is a folder of RAW files of several cameras: for each camera, "
+                      "train every method (--loco-methods) on the others for --cpu-seconds "
+                      "and test it and UPI on that camera (OUT/loco.md, loco.json)")
+  c.add_argument("--loco-methods", default=None,
+                 help="comma-separated subset of regression,ssdnet,ddpm,dtdm (default all)")
+  c.add_argument("--cpu-seconds", type=float, default=300.0,
+                 help="leave-one-camera-out: CPU seconds of training per method and camera")
   common.add_predict_args(c)
   common.add_tiling_args(c)
   c.set_defaults(func=run)
@@ -38,6 +46,10 @@ def run(args, rest) -> int:
   from jisp.core.fileio import ensure_output_dir
   from jisp.infer import compare
   from jisp.train.runs import BASELINES
+  if args.leave_one_camera_out:
+    return _leave_one_camera_out(args)
+  common.start_processes(args)
+  main = common.is_main_process()
   if not args.runs and not args.baseline:
     raise OptionError("give at least one RUN folder or --baseline NAME")
   for b in args.baseline:
@@ -45,7 +57,7 @@ def run(args, rest) -> int:
       raise OptionError(f"--baseline {b!r}: unknown (methods without training: "
                         f"{', '.join(BASELINES)})")
   ensure_output_dir(args.out)
-  log = None if args.json else (lambda m: print(m, flush=True))
+  log = None if args.json or not main else (lambda m: print(m, flush=True))
   methods = compare.load_methods(args.runs)
   protocol = compare.comparison_protocol(methods, args.protocol, args.data)
   methods += compare.load_methods((), args.baseline, protocol)  # in the compared space
@@ -54,8 +66,10 @@ def run(args, rest) -> int:
       overlap=args.overlap, grid=args.grid, shared_noise=args.shared_noise,
       max_images=args.max_images, max_batch=args.max_batch, devices=args.devices,
       net_chunk=args.net_chunk, seed=args.seed,
-      progress=not (args.no_progress or args.json), log=log, crop=args.crop)
-  paths = compare.write_outputs(args.out, results, figure)
+      progress=main and not (args.no_progress or args.json), log=log, crop=args.crop)
+  paths = compare.write_outputs(common.process_out(args.out), results, figure)
+  if not main:
+    return 0
   if args.json:
     print(json.dumps(results), flush=True)
   else:
@@ -63,3 +77,20 @@ def run(args, rest) -> int:
     print(f"table: {paths['md']}\nnumbers: {paths['json']}\nfigure: {paths['png']}",
           flush=True)
   return 1 if any(r["status"] != "ok" for r in results["methods"]) else 0
+
+
+def _leave_one_camera_out(args) -> int:
+  """Trains as well as evaluates (jisp.experiments.loco): its runs go under OUT/CAMERA/."""
+  from jisp.core.errors import OptionError
+  from jisp.experiments import loco
+  if args.runs or args.baseline:
+    raise OptionError("--leave-one-camera-out trains its own runs: drop the RUN folders and "
+                      "--baseline (UPI is always in its table)")
+  methods = args.loco_methods.split(",") if args.loco_methods else None
+  for m in methods or ():
+    if m not in loco.METHODS:
+      raise OptionError(f"--loco-methods {m!r}: expected a subset of {','.join(loco.METHODS)}")
+  results = loco.run(args.data, args.out, args.cpu_seconds, methods=methods,
+                     log=(lambda m: None) if args.json else (lambda m: print(m, flush=True)))
+  print(json.dumps(results) if args.json else loco.markdown(results), flush=True)
+  return 0

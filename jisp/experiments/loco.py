@@ -128,8 +128,9 @@ def run(raw_dir, workdir, cpu_seconds: float, *, methods=None, cameras=None,
   wd = pathlib.Path(workdir).resolve()
   groups = cameras_of(raw_dir)
   if len(groups) < 2:
-    raise SystemExit(f"{raw_dir}: leave-one-camera-out needs files of 2+ cameras, found "
-                     f"{sorted(groups)}")
+    from jisp.core.errors import DataError
+    raise DataError(f"{raw_dir}: leave-one-camera-out needs RAW files of 2 or more cameras, "
+                    f"found {sorted(groups) or 'none'}")
   names = methods or list(METHODS)
   results: dict = {"raw_dir": str(raw_dir), "cpu_seconds": cpu_seconds,
                    "cpu_count": os.cpu_count(), "virtual_ratio": virtual_ratio,
