@@ -1,9 +1,8 @@
 """The AIM-style protocol and data (full-resolution sRGB, half-resolution packed RGGB RAW):
 packing order against jisp.isp.bayer and SSDNet's pixel-unshuffle, even crops keep the
-Bayer phase, the AIM 2022 folder loader, the sources, and tiled prediction at output
-scale 2 (packed4 SSDNet through the PatchPredictor)."""
-import pathlib
-
+Bayer phase, the AIM 2022 folder loader, the sources, tiled prediction at output scale 2,
+and packed4 SSDNet trained end to end (`jisp train` on the synthetic AIM-style source) then
+scored by `jisp compare` with the AIM metrics."""
 import numpy as np
 import pytest
 from PIL import Image
@@ -220,51 +219,75 @@ def test_merge_at_output_scale_two_is_exact():
   assert list(bad.ys) == tiling.axis_starts(37, 16, 4) == [0, 12, 21]  # scale 1 as before
 
 
-def test_packed4_ssdnet_predicts_half_resolution_through_the_predictor():
+P4_TRAIN = ["--config.stages=((2, 16, 8),)", "--config.batch_size=8",
+            "--config.data.patch_size=16", "--config.num_steps=2", "--config.log_every=1",
+            "--config.checkpoint_every=100", "--config.eval_every=100",
+            "--config.eval_batches=1"]
+
+
+@pytest.fixture(scope="module")
+def packed4_run(tmp_path_factory):
+  """SSDNet packed4 (soft supervision, training-resampling) trained end to end with
+  `jisp train` on the synthetic AIM-style source: 2 steps, then the loop's eval."""
+  from helpers import cli
+  wd = tmp_path_factory.mktemp("p4") / "run"
+  assert cli("train", "--config", "configs/ssdnet_tiny.py:output=packed4", "--workdir", wd,
+             *P4_TRAIN) == 0
+  return wd
+
+
+def test_packed4_ssdnet_trains_end_to_end_on_the_synthetic_aim_source(packed4_run):
+  import json
+  from jisp.train import runs
+  logs = [json.loads(l) for l in (packed4_run / "metrics.jsonl").read_text().splitlines()]
+  train = [r for r in logs if "loss" in r]
+  ev = [r for r in logs if "eval/psnr" in r]
+  assert [r["step"] for r in train] == [1, 2]
+  assert all(np.isfinite(r["loss"]) and np.isfinite(r["loss_sigma"]) for r in train)
+  assert ev and ev[-1]["step"] == 2 and np.isfinite(ev[-1]["eval/psnr"])
+  run = runs.load_run(packed4_run)
+  assert run.step == 2 and run.config.data.protocol == "aim"
+  assert run.task.io.out_scale == 2 and run.task.io.out_channels == 4
+
+
+def test_jisp_compare_scores_the_packed4_run_with_the_aim_metrics(packed4_run, tmp_path,
+                                                                  capsys):
+  """And its tiled prediction is half resolution, patch by patch the network's."""
+  import json
   import jax
+  from helpers import cli
+  from jisp.core import metrics
   from jisp.infer import reconstruct
   from jisp.infer.predict import PatchPredictor
-  from jisp.tasks.ssdnet import SSDNetTask
-  c = _config(patch_size=16)
-  task = SSDNetTask(c)
-  assert task.io.out_scale == 2 and task.io.out_patch == 8
-  params = jax.jit(task.init_params)(jax.random.PRNGKey(0))
-  pred = PatchPredictor(task, params, max_batch=8)
-  img = np.random.default_rng(0).random((24, 40, 3)).astype(np.float32)
-  tile = reconstruct.make_tiling(16)
-  out = reconstruct.predict_image(pred, img, tile, key=jax.random.PRNGKey(0))
-  assert out.shape == (12, 20, 4) and np.isfinite(out).all()
-  # a patch-aligned region equals the network on that patch alone (mu is per patch)
-  direct = np.asarray(task.predict(params, img[None, :16, :16], None,
-                                   task.resolve_options(None)))[0]
-  np.testing.assert_allclose(out[:4, :4], direct[:4, :4], atol=1e-5)
-
-
-def test_compare_scores_a_packed4_model_with_the_aim_metrics(tmp_path):
-  import jax
-  from jisp.core import metrics
-  from jisp.infer import compare, reconstruct
-  from jisp.infer.predict import PatchPredictor
-  from jisp.tasks.ssdnet import SSDNetTask
-  from jisp.train.runs import Run
-  c = _config(patch_size=16)
-  task = SSDNetTask(c)
-  params = jax.jit(task.init_params)(jax.random.PRNGKey(0))
+  from jisp.train import runs
   root = write_aim_folder(tmp_path / "s7", n=10, size=(24, 32))
-  methods = [compare.Method("ssdnet", "untrained", Run(None, c, task, 0, params))]
-  methods += compare.load_methods((), ["upi"], "aim")  # UPI has no packed output: a row
-  res, fig = compare.compare(methods, root, protocol="aim", max_batch=8, progress=False)
+  out = tmp_path / "out"
+  # UPI has no packed output: its row fails, the run's does not
+  assert cli("compare", packed4_run, "--baseline", "upi", "--data", root, "-o", out,
+             "--no-progress", "--max-batch", "8", "--crop", "16") == 1
+  capsys.readouterr()
+  res = json.loads((out / "compare.json").read_text())
   ok, upi = res["methods"]
-  assert ok["status"] == "ok" and upi["status"] == "failed" and "aim" in upi["error"]
+  assert res["protocol"] == "aim"  # the run's: an AIM folder has no manifest
+  assert ok["status"] == "ok" and ok["task"] == "ssdnet" and ok["steps"] == 2
+  assert upi["status"] == "failed" and "aim" in upi["error"]
   assert [f["file"] for f in res["files"]] == ["9"] and res["cameras"] == ["AIM"]
+  # the same numbers from the run's own tiled prediction at output scale 2
+  run = runs.load_run(packed4_run)
+  task = run.task
   pair = aim.load_pair(*aim.list_pairs(root, "test")[0])
-  pred = reconstruct.predict_image(PatchPredictor(task, params, max_batch=8), pair["rgb"],
-                                   reconstruct.make_tiling(16), key=jax.random.PRNGKey(0))
+  pred = reconstruct.predict_image(PatchPredictor(task, run.params, max_batch=8),
+                                   pair["rgb"], reconstruct.make_tiling(16),
+                                   key=jax.random.PRNGKey(0))
+  assert pred.shape == (12, 16, 4) and np.isfinite(pred).all()
+  # a patch-aligned region equals the network on that patch alone (mu is per patch)
+  direct = np.asarray(task.predict(run.params, pair["rgb"][None, :16, :16], None,
+                                   task.resolve_options(None)))[0]
+  assert direct.shape == (8, 8, 4)
+  np.testing.assert_allclose(pred[:4, :4], direct[:4, :4], atol=1e-5)
   img = ok["images"][0]
   assert abs(img["raw_psnr"] - float(metrics.aim_psnr(pred, pair["raw"]))) < 1e-4
   assert abs(img["raw_ssim"] - float(metrics.aim_ssim(pred, pair["raw"]))) < 1e-5
   assert abs(img["raw_psnr_tiles"] - metrics.tiled_psnr(pred, pair["raw"])) < 1e-4
-  assert fig["images"][0]["truth"].shape[-1] == 4
-  paths = compare.write_outputs(tmp_path / "out", res, fig)
-  assert "AIM 2022 PSNR" in (tmp_path / "out" / "compare.md").read_text()
-  assert all(pathlib.Path(p).stat().st_size > 0 for p in paths.values())
+  assert "AIM 2022 PSNR" in (out / "compare.md").read_text()
+  assert all((out / f"compare.{e}").stat().st_size > 0 for e in ("md", "json", "png"))
