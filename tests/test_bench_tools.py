@@ -24,7 +24,8 @@ def test_hlo_categories_and_trace_breakdown():
   table = profile_step.parse_hlo(compiled.as_text())
   cats = {profile_step.category(i) for i in table.values()}
   assert "convolution" in cats and "matmul (attention, dense)" in cats
-  assert any(profile_step.part(i) == "backward" for i in table.values())
+  parts = {profile_step.part(i) for i in table.values()}
+  assert "backward" in parts and "backward (kernel gradients)" in parts
 
   def call(*a):
     jax.block_until_ready(compiled(*a))
@@ -46,6 +47,8 @@ def test_category_rules():
   assert profile_step.category(mixed) == "elementwise"
   assert profile_step.category(conv) == "convolution"
   assert profile_step.part(conv) == "backward"
+  wgrad = dict(conv, op_name="", window=32)
+  assert profile_step.part(wgrad) == "backward (kernel gradients)"
 
 
 def test_vs_torch_refuses_a_missing_peer(tmp_path, capsys):

@@ -37,6 +37,7 @@ CATEGORIES = (
 _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*[^=]*?\s([a-z][\w\-]*)\(")
 _CALLS = re.compile(r"calls=%?([\w.\-]+)")
 _OPNAME = re.compile(r'op_name="([^"]*)"')
+_WINDOW = re.compile(r"window=\{size=(\d+)x(\d+)")
 
 
 def parse_hlo(text: str) -> dict[str, dict]:
@@ -55,24 +56,30 @@ def parse_hlo(text: str) -> dict[str, dict]:
     if m and current is not None:
       calls = _CALLS.search(line)
       op = _OPNAME.search(line)
+      win = _WINDOW.search(line) if m.group(2) == "convolution" else None
       comps[current].append((m.group(1), m.group(2), op.group(1) if op else "",
-                             calls.group(1) if calls else None))
+                             calls.group(1) if calls else None,
+                             max(int(win.group(1)), int(win.group(2))) if win else 0))
 
   def ops_of(comp, seen=()):
-    out = set()
-    for _, opcode, _, calls in comps.get(comp, ()):
+    out, window = set(), 0
+    for _, opcode, _, calls, win in comps.get(comp, ()):
       out.add(opcode)
+      window = max(window, win)
       if calls and calls not in seen:
-        out |= ops_of(calls, seen + (comp,))
-    return out
+        o, w = ops_of(calls, seen + (comp,))
+        out |= o
+        window = max(window, w)
+    return out, window
 
   table = {}
   for comp, instrs in comps.items():
-    for name, opcode, op_name, calls in instrs:
-      ops = {opcode} | (ops_of(calls) if calls else set())
+    for name, opcode, op_name, calls, win in instrs:
+      inner, window = ops_of(calls) if calls else (set(), 0)
       if not op_name and calls:  # a fusion's metadata sits on its fused instructions
-        op_name = next((o for _, _, o, _ in comps.get(calls, ()) if o), "")
-      table[name] = {"opcode": opcode, "ops": ops, "op_name": op_name}
+        op_name = next((i[2] for i in comps.get(calls, ()) if i[2]), "")
+      table[name] = {"opcode": opcode, "ops": {opcode} | inner, "op_name": op_name,
+                     "window": max(win, window)}
   return table
 
 
@@ -89,6 +96,10 @@ def category(info: dict) -> str:
 def part(info: dict) -> str:
   """forward / backward / update of the step, from the JAX source path of the op."""
   n = info["op_name"]
+  if info.get("window", 0) > 7 and "convolution" in info["ops"]:
+    # A kernel gradient: XLA writes it as a convolution whose window is the whole feature
+    # map (and often drops its metadata).
+    return "backward (kernel gradients)"
   if "transpose(jvp" in n:
     return "backward"
   if "jvp(" in n or "apply" in n or "UNet" in n or "Block" in n:
