@@ -34,7 +34,7 @@ CATEGORIES = (
     ("elementwise", ()),
 )
 
-_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*[^=]*?\s([a-z][\w\-]*)\(")
+_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*([^=]*?)\s([a-z][\w\-]*)\(")
 _CALLS = re.compile(r"calls=%?([\w.\-]+)")
 _OPNAME = re.compile(r'op_name="([^"]*)"')
 _WINDOW = re.compile(r"window=\{size=(\d+)x(\d+)")
@@ -43,7 +43,8 @@ _WINDOW = re.compile(r"window=\{size=(\d+)x(\d+)")
 def parse_hlo(text: str) -> dict[str, dict]:
   """{instruction name: {"opcode", "ops" (opcodes it runs, fused ones included), "op_name"}}
   of an optimised HLO module's text."""
-  comps: dict[str, list[tuple[str, str, str, str | None]]] = {}
+  comps: dict[str, list] = {}
+  shapes: dict[str, str] = {}
   current = None
   for line in text.splitlines():
     s = line.strip()
@@ -56,10 +57,11 @@ def parse_hlo(text: str) -> dict[str, dict]:
     if m and current is not None:
       calls = _CALLS.search(line)
       op = _OPNAME.search(line)
-      win = _WINDOW.search(line) if m.group(2) == "convolution" else None
-      comps[current].append((m.group(1), m.group(2), op.group(1) if op else "",
+      win = _WINDOW.search(line) if m.group(3) == "convolution" else None
+      comps[current].append((m.group(1), m.group(3), op.group(1) if op else "",
                              calls.group(1) if calls else None,
                              max(int(win.group(1)), int(win.group(2))) if win else 0))
+      shapes[m.group(1)] = m.group(2).split("{")[0].strip()
 
   def ops_of(comp, seen=()):
     out, window = set(), 0
@@ -79,7 +81,7 @@ def parse_hlo(text: str) -> dict[str, dict]:
       if not op_name and calls:  # a fusion's metadata sits on its fused instructions
         op_name = next((i[2] for i in comps.get(calls, ()) if i[2]), "")
       table[name] = {"opcode": opcode, "ops": {opcode} | inner, "op_name": op_name,
-                     "window": max(win, window)}
+                     "window": max(win, window), "shape": shapes.get(name, "")}
   return table
 
 
@@ -142,7 +144,8 @@ def breakdown(compiled, step_fn, args, steps: int = 3) -> dict:
     cats[category(table[name])] += ms
     parts[part(table[name])] += ms
   total = sum(per_instr.values())
-  top = [{"instruction": n, "ms": round(ms, 2), "category": category(table[n]),
+  top = [{"instruction": n, "ms": round(ms, 2), "shape": table[n]["shape"],
+          "category": category(table[n]),
           "part": part(table[n]), "source": table[n]["op_name"][-120:]}
          for n, ms in per_instr.most_common(12)]
   return {"wall_ms": round(1e3 * wall, 1), "ops_ms": round(total, 1),
