@@ -58,3 +58,32 @@ def test_batch_spans_both_axes_and_sharded_arrays_really_split():
   assert w.addressable_shards[0].data.shape == (3, 3, 64, 64)
   with pytest.raises(ValueError, match="fsdp=3 must divide the 8 devices"):
     sharding.make_mesh(8, fsdp=3)
+
+
+@pytest.mark.slow
+def test_a_one_device_run_resumes_as_data_4_x_fsdp_2_with_the_same_losses(tmp_path, capsys):
+  """The train loop on a (data, fsdp) mesh: a 1-device checkpoint restores onto 8 devices
+  with params, EMA and optimiser state split over fsdp, and training continues with the
+  losses of the unbroken 1-device run."""
+  import shutil
+  from helpers import MICRO, cli, losses, run_jisp
+  args = ["--config", "configs/ddpm_tiny.py", *MICRO, "--config.num_steps=4",
+          "--config.log_every=1", "--config.checkpoint_every=2",
+          "--config.mesh.min_shard_size=256"]  # the micro U-Net's kernels are small
+  ref = tmp_path / "one"
+  run_jisp("train", "--workdir", str(ref), *args, devices=1)
+  want = losses(ref)
+  wd = tmp_path / "fsdp"
+  shutil.copytree(ref, wd)
+  shutil.rmtree(wd / "checkpoints" / "4")
+  (wd / "metrics.jsonl").unlink()
+  capsys.readouterr()
+  assert cli("train", "--workdir", wd, *args, "--config.mesh.fsdp=2") == 0  # 8 devices here
+  out = capsys.readouterr().out
+  assert "devices=8" in out and "resumed from checkpoint step 2" in out
+  line = [l for l in out.splitlines() if "mesh data 4 x fsdp 2" in l]
+  assert len(line) == 1 and not line[0].split(": ")[-1].startswith("0 of"), out
+  got = losses(wd)
+  assert sorted(got) == [3, 4]
+  for s in (3, 4):
+    assert abs(got[s] - want[s]) <= 1e-5 * abs(want[s]), (s, got[s], want[s])
