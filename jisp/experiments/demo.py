@@ -10,7 +10,8 @@ Stages (run in order; `--only NAME` runs one, reusing what earlier stages left i
   flow   the invertible flow ISP (InvISP, tiny) trained on the same shards with the JPEG
          simulator; eval renders held-out RAW, stores a real JPEG, inverts it
   ssdnet SSDNet with soft supervision (tiny, 3-channel InvISP-protocol head, one 32 px
-         stage) trained on the same shards (evaluated by the compare stage)
+         stage; --fast: plain L1, 16 px) trained on the same shards (evaluated by the
+         compare stage)
   compare  `jisp compare` of every run the demo trained plus UPI (each test file's own
          camera metadata) on the same held-out image: OUT/compare/compare.{md,json,png}
 
@@ -136,12 +137,16 @@ def stage_flow(out: pathlib.Path, fast: bool) -> None:
 
 def stage_ssdnet(out: pathlib.Path, fast: bool) -> None:
   steps = 20 if fast else 100
-  # One 32 px stage (the tiny config's second, 48 px stage would compile a second step)
-  # and one eval, at the end: SSDNet's compiles are the slow part on a CPU.
+  # One stage (the tiny config's second, 48 px stage would compile a second step) and one
+  # eval, at the end: SSDNet's compiles are the slow part on a CPU. --fast trains with the
+  # plain clipped L1 (no sigma head to compile) on 16 px patches; the full demo with
+  # soft supervision (training-resampling) on 32 px.
+  patch = 16 if fast else 32
+  extra = ["--config.soft.strategy=plain", "--config.eval_batches=1"] if fast else []
   _train_tiny(out, "ssdnet_tiny.py", "ssdnet", steps, overrides=[
-      f"--config.stages=(({steps}, 32, 8),)", "--config.optim.constant_steps=0",
-      f"--config.optim.cosine_steps={steps}", f"--config.eval_every={steps}",
-      f"--config.checkpoint_every={steps}"])
+      f"--config.stages=(({steps}, {patch}, 8),)", f"--config.data.patch_size={patch}",
+      "--config.optim.constant_steps=0", f"--config.optim.cosine_steps={steps}",
+      f"--config.eval_every={steps}", f"--config.checkpoint_every={steps}", *extra])
 
 
 # Every sampling method runs these settings in the comparison (the DDPM stage's DDIM-20
