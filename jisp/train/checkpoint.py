@@ -208,6 +208,17 @@ def _agree(ok: bool) -> bool:
   return bool(np.all(flags))
 
 
+def _check(state):
+  from jisp.train import distributed
+  global _CHECK_LOCKSTEP
+  if _CHECK_LOCKSTEP is None:
+    _CHECK_LOCKSTEP = distributed.Lockstep(guard.check_state_jit, "restore-check")
+  return _CHECK_LOCKSTEP(state)
+
+
+_CHECK_LOCKSTEP = None
+
+
 def _try_restore(path: str, abstract):
   """(state, data) of one checkpoint directory, or (None, reason)."""
   if not os.path.isdir(os.path.join(path, "state")):
@@ -221,7 +232,7 @@ def _try_restore(path: str, abstract):
     return None, _short_reason(e)
   if not isinstance(data, dict):
     return None, "its data item is not a JSON object"
-  finite, fp = jax.device_get(guard.check_state_jit(state))
+  finite, fp = jax.device_get(_check(state))
   if not bool(finite):
     return None, "it holds non-finite values"
   saved_fp = data.get("fingerprint")

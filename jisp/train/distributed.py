@@ -230,3 +230,46 @@ def _read_line(conn: socket.socket) -> str:
       break
     buf += chunk
   return buf.decode(errors="replace").strip()
+
+
+# ------------------------------------------------------------------ lockstep programs
+
+class Lockstep:
+  """A jitted function whose first run of each input layout starts on every process at
+  once.
+
+  XLA:CPU sets up a program's cross-process collectives (Gloo) when it first runs, and
+  gives up after about 30 s if a peer is not there yet; a loaded host can take longer
+  than that to compile the same program in one process than in another. So with several
+  processes each new layout is compiled ahead of time, the processes meet at a
+  coordination-service barrier (JISP_STARTUP_TIMEOUT), and the compiled program is then
+  run (and kept). One process: the plain jitted call.
+  """
+
+  def __init__(self, fn, name: str):
+    self.fn, self.name = fn, name
+    self._compiled: dict = {}
+
+  def __call__(self, *args):
+    import jax
+    if jax.process_count() == 1:
+      return self.fn(*args)
+    leaves, treedef = jax.tree.flatten(args)
+    key = (treedef, tuple((tuple(x.shape), str(x.dtype), getattr(x, "sharding", None))
+                          for x in leaves))
+    compiled = self._compiled.get(key)
+    if compiled is None:
+      compiled = self.fn.lower(*args).compile()
+      barrier(f"jisp-{self.name}-{len(self._compiled)}")
+      self._compiled[key] = compiled
+    return compiled(*args)
+
+
+def barrier(name: str) -> None:
+  """Wait until every process reached `name` (the coordination service, not a collective)."""
+  import jax
+  from jax._src import distributed as jax_distributed
+  client = jax_distributed.global_state.client
+  if jax.process_count() == 1 or client is None:
+    return
+  client.wait_at_barrier(name, int(startup_timeout() * 1000))

@@ -1,8 +1,11 @@
 """The one train loop, shared by every task.
 
-One jit-compiled step over a 1-D 'data' mesh: the global batch is sharded over every
-device of every process, parameters and optimiser state are replicated, and the state
-is donated so it is updated in place. Each process feeds only its share of the batch.
+One jit-compiled step over the (data, fsdp) mesh of `mesh.fsdp` (jisp.core.sharding):
+the global batch is sharded over every device of every process, parameters, EMA and
+optimiser state are replicated (fsdp = 1) or split over fsdp by the `mesh.*` rule, and
+the state is donated so it is updated in place. Each process feeds only its share of the
+batch; with several processes each program's first run starts on all of them at once
+(jisp.train.distributed.Lockstep). A checkpoint restores onto any mesh.
 
 What keeps a run safe (README "Reliability"):
   * the workdir is checked and locked before anything is built (jisp.train.workdir);
@@ -452,7 +455,8 @@ def _train(config, workdir: str) -> dict:
     if is_main:
       print(f"jisp train: resumed from checkpoint step {start}", flush=True)
 
-  eval_step = jax.jit(make_eval_step(task))
+  eval_step = distributed.Lockstep(jax.jit(make_eval_step(task)), "eval")
+  check_state = distributed.Lockstep(guard.check_state_jit, "check")
   eval_batches = None
   g = jax.device_put(guard.init(), sharding.replicated(mesh))
   local_batch0 = config.batch_size // n_proc
@@ -505,7 +509,7 @@ def _train(config, workdir: str) -> dict:
         # Always checked before a save, whatever the guard saw: the whole state, and the
         # loss the new weights (and their EMA) give on this step's batch.
         (finite, fp), (lp, le) = to_host((
-            guard.check_state_jit(state),
+            check_state(state),
             guard.probe_losses(probe_step, state, batch, int(config.seed) + 2000)))
         if not bool(finite) or not (np.isfinite(lp) and np.isfinite(le)):
           what = ("the train state holds non-finite values" if not bool(finite) else
@@ -585,8 +589,12 @@ def _enter_stage(config, st, task, tx, lr_fn, mesh, state_sharding, data_state, 
   if is_main and n_stages > 1:
     print(f"jisp train: stage {st.index + 1}/{n_stages}: patch {st.patch}, global batch "
           f"{st.batch}, steps {st.start + 1}-{st.end}", flush=True)
-  probe_step = eval_step if st.index == 0 else jax.jit(make_eval_step(stage_task))
-  return source, compile_train_step(stage_task, tx, lr_fn, cfg, mesh, state_sharding), probe_step
+  probe_step = eval_step if st.index == 0 else distributed.Lockstep(
+      jax.jit(make_eval_step(stage_task)), f"eval-stage{st.index}")
+  step_fn = distributed.Lockstep(
+      compile_train_step(stage_task, tx, lr_fn, cfg, mesh, state_sharding),
+      f"train-stage{st.index}")
+  return source, step_fn, probe_step
 
 
 def _eval_batches(config, local_batch, mesh):
