@@ -2,8 +2,10 @@
 two trainers on one workdir, kill -9 then re-run (stale lock), Ctrl-C, a multi-process run
 whose peer never starts, and a disk that fills up during training. One trainer's life
 covers the first three, to keep the start-ups few."""
+import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -152,3 +154,55 @@ def test_disk_full_during_training_is_one_line_and_resumes_after_freeing(tmp_pat
   finally:
     subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
+
+def _process_pids(marker: bytes) -> list[int]:
+  """Pids of the python trainers whose environment holds `marker` (JISP_PROCESS_ID=k)."""
+  out = subprocess.run(["pgrep", "-f", "jisp train"], capture_output=True, text=True)
+  found = []
+  for pid in out.stdout.split():
+    try:
+      environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+    except OSError:
+      continue
+    if marker in environ:
+      found.append(int(pid))
+  return found
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_processes_saves_the_same_step_everywhere(tmp_path):
+  """Preemption (issue 16): the signal reaches process 1 only; both processes agree at
+  the next step boundary, save that step, exit 0; the re-run resumes to the losses of an
+  unbroken run."""
+  steps = 12
+  ref = tmp_path / "unbroken"
+  run_jisp(*_args(ref, steps=steps, every=1000), devices=4)
+  wd = tmp_path / "mp"
+  overrides = _args(wd, steps=steps, every=1000)[5:]  # after train --config C --workdir W
+  mp_env = env(2, JISP_PYTHON=sys.executable, JISP_DEVICES_PER_PROCESS=2)
+  cmd = ["bash", "launch/local_multiprocess.sh", "2", CFG, str(wd), *overrides]
+  proc = subprocess.Popen(cmd, env=mp_env, cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  try:
+    _wait_for_step(wd, 2, proc)
+    victims = _process_pids(b"JISP_PROCESS_ID=1")
+    assert len(victims) == 1
+    os.kill(victims[0], signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == 0, err[-3000:]
+  said = [l for l in out.splitlines() if "SIGTERM received; checkpoint written at step" in l]
+  assert len(said) == 1, out[-2000:]  # process 0 speaks for both
+  stop = int(said[0].split("at step ")[1].split(",")[0])
+  assert 2 <= stop < steps and _ckpts(wd) == [stop]
+  assert (wd / "status").read_text() == "preempted\n"
+  p = subprocess.run(cmd, env=mp_env, cwd=REPO, capture_output=True, text=True, timeout=400)
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert f"resumed from checkpoint step {stop}" in p.stdout
+  assert (wd / "status").read_text() == "finished\n"
+  want, got = losses(ref), losses(wd)
+  assert sorted(got) == list(range(1, steps + 1))
+  for s in range(stop + 1, steps + 1):
+    assert abs(got[s] - want[s]) <= 1e-4 * abs(want[s]), (s, got[s], want[s])
