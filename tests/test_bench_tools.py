@@ -64,3 +64,20 @@ def test_vs_torch_refuses_a_missing_peer(tmp_path, capsys):
   assert cli("bench", "vs-torch", "--peer-dir", str(tmp_path), "--peer-python", str(
       tmp_path / "peer_torch.py"), "--what", "nap") == 2
   assert "nap" in capsys.readouterr().err
+
+
+def test_profile_steps_writes_a_trace_of_those_steps(tmp_path):
+  from helpers import MICRO, run_jisp
+  wd = tmp_path / "run"
+  p = run_jisp("train", "--config", "configs/ddpm_tiny.py", "--workdir", str(wd), *MICRO,
+               "--config.num_steps=3", "--config.log_every=1", "--config.checkpoint_every=100",
+               "--config.profile_steps=2:3", devices=1)
+  assert "profile of steps 2..3" in p.stdout
+  traces = list((wd / "profile" / "process0").rglob("*.xplane.pb"))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0
+  bad = run_jisp("train", "--config", "configs/ddpm_tiny.py", "--workdir",
+                 str(tmp_path / "bad"), *MICRO, "--config.num_steps=3",
+                 "--config.profile_steps=3:2", devices=1, check=False)
+  assert bad.returncode == 2
+  err = bad.stderr.strip()
+  assert "\n" not in err and "profile_steps" in err

@@ -36,6 +36,7 @@ OPTIONAL_TOP_LEVEL = {
     # The device mesh: data x fsdp (jisp.core.sharding); arrays with at least
     # min_shard_size elements split over fsdp, unless a `replicate` regex matches.
     "mesh": {"fsdp": 1, "min_shard_size": 2 ** 14, "replicate": ()},
+    "profile_steps": "",  # "a:b": a jax.profiler trace of steps a..b in WORKDIR/profile
 }
 
 
@@ -241,6 +242,24 @@ class Stage(NamedTuple):
   batch: int
 
 
+def profile_range(cfg) -> tuple[int, int] | None:
+  """(a, b) of `profile_steps = "a:b"` (steps a..b inclusive, 1 <= a <= b <= num_steps),
+  or None when it is empty. ConfigError naming the key for anything else."""
+  raw = cfg.get("profile_steps", "") if hasattr(cfg, "get") else ""
+  if raw in ("", None):
+    return None
+  text = str(raw).strip()
+  a, sep, b = text.partition(":")
+  if not sep or not a.strip().isdigit() or not b.strip().isdigit():
+    raise ConfigError(f"bad value for config key 'profile_steps': {raw!r} (expected 'a:b', "
+                      "the first and last step to trace, e.g. '10:12')")
+  a, b = int(a), int(b)
+  if not 1 <= a <= b <= int(cfg.num_steps):
+    raise ConfigError(f"bad value for config key 'profile_steps': {raw!r} (need 1 <= a <= b "
+                      f"<= num_steps = {cfg.num_steps})")
+  return a, b
+
+
 def stage_list(cfg) -> tuple[Stage, ...]:
   """The run's stages from the optional top-level `stages = ((steps, patch, global_batch),
   ...)` (stage lengths summing to num_steps; the first equals data.patch_size and
@@ -334,6 +353,7 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ConfigError(f"bad value for config key 'mesh.{k}': {v!r} (must be an integer "
                           ">= 1)")
   stage_list(cfg)
+  profile_range(cfg)
   return cfg
 
 

@@ -468,6 +468,7 @@ def _train(config, workdir: str) -> dict:
   last_good = start or None
   step = start
   cur, source, train_step, probe_step = None, None, None, None
+  profiler = _StepProfiler(config, workdir)
   try:
     for step in range(start + 1, config.num_steps + 1):
       st = next(s for s in stages if s.start < step <= s.end)
@@ -480,7 +481,9 @@ def _train(config, workdir: str) -> dict:
             len(stages), eval_step)
         data_state = None
       batch = sharding.to_global(source.next(), mesh)
+      profiler.before(step)
       state, metrics, g = train_step(state, batch, g)
+      profiler.after(step, metrics)
 
       last = step == config.num_steps
       log_now = step % config.log_every == 0 or last
@@ -540,6 +543,7 @@ def _train(config, workdir: str) -> dict:
                   "exiting", flush=True)
         break
   finally:
+    profiler.close()
     try:
       ckpt.close()
     finally:
@@ -554,6 +558,37 @@ def _train(config, workdir: str) -> dict:
       write_status(workdir, "preempted" if stop_signal == "SIGTERM" else "interrupted")
   return {"step": int(step), "params": n_params, "workdir": workdir,
           "signal": stop_signal}
+
+
+class _StepProfiler:
+  """`profile_steps = "a:b"`: a jax.profiler trace of steps a..b, one folder per process
+  under WORKDIR/profile (TensorBoard's profile plugin, xprof or Perfetto read it). The
+  trace waits for step b to finish, so it holds the device work, not just the dispatch."""
+
+  def __init__(self, config, workdir: str):
+    self.range = config_lib.profile_range(config)
+    self.folder = os.path.join(workdir, "profile", f"process{jax.process_index()}")
+    self.active = False
+
+  def before(self, step: int) -> None:
+    if self.range and step == self.range[0]:
+      os.makedirs(self.folder, exist_ok=True)
+      jax.profiler.start_trace(self.folder)
+      self.active = True
+
+  def after(self, step: int, metrics) -> None:
+    if self.active and step == self.range[1]:
+      with jax.transfer_guard_device_to_host("allow"):
+        jax.block_until_ready(metrics)
+      self.close()
+      if jax.process_index() == 0:
+        print(f"jisp train: profile of steps {self.range[0]}..{self.range[1]} in "
+              f"{os.path.dirname(self.folder)}", flush=True)
+
+  def close(self) -> None:
+    if self.active:
+      self.active = False
+      jax.profiler.stop_trace()
 
 
 def _last_good_text(last_good) -> str:
