@@ -106,3 +106,55 @@ def test_an_unexpected_failure_is_one_line_naming_the_log_with_the_traceback(
   assert "Traceback (most recent call last)" in log and "second line of detail" in log
   with pytest.raises(RuntimeError):
     cli("--debug", "train", "--config", CFG, "--workdir", wd)
+
+
+# ------------------------------------------------------------------ broken data folders
+
+@pytest.fixture(scope="module")
+def data_dirs(tmp_path_factory):
+  """A good prepared folder (2 virtual-camera RAWs, train + test) and one with no test
+  split (what a bad RAW in a small folder used to leave behind)."""
+  from jisp.data import prepare, virtual_camera
+  root = tmp_path_factory.mktemp("data")
+  virtual_camera.write_virtual_raw_dir(root / "raw", 2, seed=8, size=64)
+  prepare.prepare(root / "raw", root / "good", patch=32, stride=32, split=0.5, shards=1,
+                  workers=1, progress=False)
+  prepare.prepare(root / "raw", root / "notest", patch=32, stride=32, split=1.0, shards=1,
+                  workers=1, progress=False)
+  return root
+
+
+def _damage(root, tmp_path, how):
+  import shutil
+  if how == "no_test_split":
+    return root / "notest", "'test' has no patches"
+  d = tmp_path / "data"
+  shutil.copytree(root / "good", d)
+  shard = sorted(d.glob("train-*.tfrecord"))[0]
+  if how == "truncated_shard":
+    shard.write_bytes(shard.read_bytes()[:100])
+    return d, f"{shard.name}: shard is truncated"
+  if how == "deleted_shard":
+    shard.unlink()
+    return d, shard.name
+  (d / "manifest.json").write_text("{not json")
+  return d, "manifest.json"
+
+
+@pytest.mark.parametrize("how", ["no_test_split", "truncated_shard", "deleted_shard",
+                                 "broken_manifest"])
+def test_broken_data_folder_is_one_line_before_training(data_dirs, tmp_path, capsys, how):
+  """Audit rows 58-62: these used to train until the first eval (losing that step's
+  checkpoint) or die in a TensorFlow traceback."""
+  data, needle = _damage(data_dirs, tmp_path, how)
+  wd = tmp_path / "wd"
+  t0 = time.time()
+  capsys.readouterr()
+  rc = cli("train", "--config", CFG, "--workdir", wd, *MICRO, "--config.num_steps=2",
+           f"--config.data.dir={data}", "--config.data.camera=")
+  out = capsys.readouterr()
+  err = out.err.strip().splitlines()
+  assert rc == 2 and len(err) == 1 and err[0].startswith("jisp train: error:"), err
+  assert needle in err[0], err[0]
+  assert "task=" not in out.out and not (wd / "checkpoints").exists()  # nothing built
+  assert time.time() - t0 < 30
