@@ -176,3 +176,50 @@ def test_lost_peer_stops_the_run_with_one_line_and_keeps_checkpoints(tmp_path):
   cfg = load(REPO / CFG, MICRO)
   step, _ = checkpoint.restore_params(str(wd), runs.build_task(cfg))
   assert step == kept[-1]
+
+
+def _free_slurm_job_id() -> int:
+  """A job id whose port (JAX's SLURM rule: id % 4096 + 61440) is free here."""
+  import random
+  import socket
+  for _ in range(200):
+    job = random.randrange(10_000, 10_000_000)
+    with socket.socket() as s:
+      try:
+        s.bind(("127.0.0.1", job % 4096 + 61440))
+        return job
+      except OSError:
+        continue
+  pytest.skip("no free port in JAX's SLURM range")
+
+
+def test_slurm_task_script_under_a_faked_two_task_allocation(one_device_run, tmp_path):
+  """launch/slurm_task.sh as srun would start it (2 tasks on one node): jax.distributed
+  finds the allocation from SLURM's variables alone, and the losses are one device's."""
+  wd = tmp_path / "slurm"
+  job = _free_slurm_job_id()
+  procs = []
+  for i in range(2):
+    e = env(4, JISP_PYTHON=os.sys.executable, SLURM_JOB_ID=job, SLURM_NTASKS=2,
+            SLURM_PROCID=i, SLURM_LOCALID=i, SLURM_STEP_NODELIST="localhost",
+            SLURM_STEP_NUM_NODES=1, SLURM_NODEID=0)
+    procs.append(subprocess.Popen(
+        ["bash", "launch/slurm_task.sh", CFG, str(wd), *MICRO, "--config.num_steps=5",
+         "--config.log_every=1", "--config.checkpoint_every=100"],
+        env=e, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  outs = []
+  try:
+    for p in procs:
+      out, err = p.communicate(timeout=600)
+      assert p.returncode == 0, err[-3000:]
+      outs.append(out)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  assert "devices=8 processes=2" in outs[0]
+  ref, other = losses(one_device_run), losses(wd)
+  assert sorted(other) == [1, 2, 3, 4, 5]
+  for s in range(1, 6):
+    assert _rel(other[s], ref[s]) < 1e-4, (s, other[s], ref[s])
+  assert (wd / "status").read_text() == "finished\n"  # launch/slurm.sbatch will not requeue
