@@ -42,8 +42,8 @@ def test_paper_config_matches_the_paper():
 @pytest.mark.parametrize("spec,needle", [
     ("ddpm_fivek.py:nress=2", "unknown config argument 'nress' (did you mean 'nres'?)"),
     ("ddpm_fivek.py:nres=two", "bad value for config key 'argument nres': 'two'"),
-    ("ddpm_fivek.py:schedule=cosine", "schedule must be linear_ldm or ddpm"),
-    ("ddpm_tiny.py:x=1", "takes no argument"),
+    ("ddpm_fivek.py:schedule=cosine", "schedule must be linear_ldm, beta_linear or ddpm"),
+    ("ddpm_tiny.py:x=1", "unknown config argument 'x' (known: prior)"),
     ("configs/ddpm_fivek_nres2.py:base=32", "takes no argument"),
     ("nosuch.py", "config file not found: nosuch.py"),
 ])
@@ -67,9 +67,11 @@ def test_a_config_file_of_ones_own_imports_the_packaged_ones(tmp_path):
 def test_overrides_parse_to_the_field_type():
   cfg = config_utils.load(REPO / "configs/ddpm_tiny.py", [
       "--config.optim.peak_lr=3e-4", "--config.model.channel_mults=(1,2)",
+      "--config.model.attention_stages=(False,True)",
       "--config.data.camera=canon", "--config.num_steps=7"])
   assert cfg.optim.peak_lr == 3e-4 and isinstance(cfg.optim.peak_lr, float)
   assert tuple(cfg.model.channel_mults) == (1, 2)
+  assert tuple(cfg.model.attention_stages) == (False, True)
   assert cfg.data.camera == "canon" and cfg.num_steps == 7
 
 

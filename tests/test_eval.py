@@ -126,3 +126,20 @@ def test_eval_errors_are_one_line(setup, tmp_path, capsys):
   assert _eval("--workdir", wd, "--data", raws_dir, "--sampler", "dpm_solver", "--eta", "1") == 2
   err = capsys.readouterr().err.strip()
   assert "\n" not in err and "--eta is an option of the ddim sampler" in err
+
+
+def test_eval_on_a_folder_of_another_protocol_is_refused_and_keeps_results(setup, tmp_path,
+                                                                          capsys):
+  """The audit's silent 11.56 dB: a folder prepared in another RAW space is refused before
+  anything is scored, and the run's last results.json stays as it was."""
+  wd, raws = setup
+  out = tmp_path / "eval"
+  out.mkdir()
+  (out / "results.json").write_text('{"kept": true}')
+  (tmp_path / "manifest.json").write_text(json.dumps(
+      {"raw_dir": str(raws[0].parent), "protocol": "linear",
+       "files": [{"path": raws[0].name, "status": "ok", "split": "test"}]}))
+  assert _eval("--workdir", wd, "--data", tmp_path, "--out", out) == 2
+  err = capsys.readouterr().err.strip()
+  assert "\n" not in err and "'linear'" in err and "'invisp'" in err
+  assert json.loads((out / "results.json").read_text()) == {"kept": True}

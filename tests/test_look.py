@@ -72,7 +72,7 @@ def test_reconstruct_dng_with_metadata_and_preview_renders_like_the_source(vraw,
   Image.fromarray(ref).save(tmp_path / "photo.jpg", exif=ex, quality=95)
   meta = exif.read_photo_metadata(tmp_path / "photo.jpg")
   paths = reconstruct.write_raw_outputs(tmp_path, "photo", pair["raw"], "invisp",
-                                        reconstruct._complete(cap.profile()), metadata=meta,
+                                        reconstruct.with_color_matrix(cap.profile()), metadata=meta,
                                         source_rgb=ref, description="test run")
   got = look.render_dng(paths["dng"])
   assert look.look_metrics(got, ref) == {"psnr": math.inf, "de2000": 0.0}

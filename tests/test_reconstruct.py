@@ -90,7 +90,7 @@ def test_raw_space_inversion_reproduces_the_camera_mosaic(vraw, tmp_path):
   from jisp.data import pairs, raw_io
   cap = raw_io.read_capture(vraw[0])
   pair = pairs.make_pair(cap, raw_io.render_srgb(cap), "invisp")
-  prof = reconstruct._complete(cap.profile())
+  prof = reconstruct.with_color_matrix(cap.profile())
   paths = reconstruct.write_raw_outputs(tmp_path, "x", pair["raw"], "invisp", prof)
   with rawpy.imread(paths["dng"]) as r:
     got = r.raw_image.astype(np.int64)

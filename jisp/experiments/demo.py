@@ -4,7 +4,8 @@ Stages (run in order; `--only NAME` runs one, reusing what earlier stages left i
   data   virtual camera -> DNG files -> rawpy -> `jisp prepare` shards (invisp protocol)
   train  the conditional DDPM (tiny config) trained from those shards
   reconstruct  a held-out camera JPEG -> DNG with the trained model (DDIM eta=1, 20 NFE),
-         then the eval protocol on the held-out split: results.json and report.png
+         rendered back by LibRaw against the JPEG (the look round trip), then the eval
+         protocol on the held-out split: results.json and report.png
   dtdm   DTDM for sRGB -> RAW (tiny), started from UPI's cheap RAW estimate (s=100; the
          demo samples 25 strided steps), evaluated on a held-out image
   flow   the invertible flow ISP (InvISP, tiny) trained on the same shards with the JPEG
@@ -118,6 +119,7 @@ def stage_reconstruct(out: pathlib.Path, fast: bool) -> None:
   failed = reconstruct.reconstruct_files(run, predictor, jpgs, out / "reconstructed", tile,
                                          profile=profile,
                                          protocol=reconstruct.data_protocol(run.config),
+                                         check=True,  # the look round trip: LibRaw renders it
                                          log=lambda m: print(f"demo/reconstruct: {m}"))
   if failed:
     raise RuntimeError("demo/reconstruct: a held-out JPEG could not be reconstructed")
