@@ -291,3 +291,20 @@ def test_jisp_compare_scores_the_packed4_run_with_the_aim_metrics(packed4_run, t
   assert abs(img["raw_psnr_tiles"] - metrics.tiled_psnr(pred, pair["raw"])) < 1e-4
   assert "AIM 2022 PSNR" in (out / "compare.md").read_text()
   assert all((out / f"compare.{e}").stat().st_size > 0 for e in ("md", "json", "png"))
+
+
+def test_jisp_eval_of_the_packed4_run_scores_it_like_compare(packed4_run, tmp_path, capsys):
+  import json
+  from helpers import cli
+  root = write_aim_folder(tmp_path / "s7", n=10, size=(24, 32))
+  assert cli("compare", packed4_run, "--data", root, "-o", tmp_path / "cmp", "--no-progress",
+             "--max-batch", "8", "--json") == 0
+  want = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["methods"][0]
+  assert cli("eval", "--workdir", packed4_run, "--data", root, "--out", tmp_path / "ev",
+             "--no-progress", "--max-batch", "8", "--json") == 0
+  printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  saved = json.loads((tmp_path / "ev" / "results.json").read_text())
+  assert printed == saved and saved["protocol"] == "aim"
+  got = saved["methods"][0]
+  assert got["status"] == "ok"
+  assert got["images"][0]["raw_psnr"] == pytest.approx(want["images"][0]["raw_psnr"], abs=1e-6)

@@ -35,6 +35,9 @@ def run(args, rest) -> int:
   out = Path(args.out) if args.out else (Path(run_.workdir) / "eval" if run_.workdir
                                          else Path(f"eval_{args.method}"))
   out = Path(common.process_out(out))
+  from jisp.infer import reconstruct
+  if reconstruct.data_protocol(run_.config) == "aim":
+    return _evaluate_aim(args, run_, out, main, log)
   files, protocol, desc = evaluate.eval_files(args.data, run_.config)
   if args.max_images is not None:
     files = files[:max(0, args.max_images)]
@@ -60,4 +63,35 @@ def run(args, rest) -> int:
     for line in evaluate.summary_lines(results):
       print(line)
     print(f"results: {paths['results']}\nreport: {paths['report']}", flush=True)
+  return 0
+
+
+def _evaluate_aim(args, run_, out, main, log) -> int:
+  """An AIM 2022 (packed RAW) run: scored on the AIM folder / RAW files with the
+  organisers' PSNR and SSIM by the comparison code (jisp.infer.compare), one method;
+  results.json is that comparison's record."""
+  from pathlib import Path
+  from jisp.core.fileio import atomic_write_json
+  from jisp.infer import compare
+  name = Path(run_.workdir).name if run_.workdir else args.method
+  method = compare.Method(name, str(run_.workdir or f"baseline:{args.method}"), run_)
+  results, _ = compare.compare(
+      [method], args.data, protocol="aim", options=common.predict_options(args),
+      overlap=args.overlap, grid=args.grid, shared_noise=args.shared_noise,
+      max_images=args.max_images, max_batch=args.max_batch, devices=args.devices,
+      net_chunk=args.net_chunk, seed=args.seed,
+      progress=main and not (args.no_progress or args.json), log=log)
+  row = results["methods"][0]
+  if row["status"] != "ok":
+    from jisp.core.errors import RunError
+    raise RunError(f"{run_.workdir}: {row.get('error') or row['status']}")
+  out.mkdir(parents=True, exist_ok=True)
+  atomic_write_json(out / "results.json", results)
+  if not main:
+    return 0
+  if args.json:
+    print(json.dumps(results), flush=True)
+  else:
+    print(compare.markdown_table(results).split("\n\n")[0])
+    print(f"results: {out / 'results.json'}", flush=True)
   return 0
