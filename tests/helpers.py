@@ -60,3 +60,16 @@ def cli(*argv) -> int:
   """`jisp ARGV` in this process (exit status); what it prints goes to capsys."""
   from jisp.cli import main
   return main([str(a) for a in argv])
+
+
+def wait_for_step(wd, step, proc, timeout=400):
+  """Until training in `wd` has logged `step` (AssertionError if `proc` exits first)."""
+  import time
+  t0 = time.time()
+  while time.time() - t0 < timeout:
+    if (pathlib.Path(wd) / "metrics.jsonl").exists() and step in losses(wd):
+      return
+    if proc.poll() is not None:
+      raise AssertionError(f"training exited early: {proc.stderr.read()[-2000:]}")
+    time.sleep(0.2)
+  raise AssertionError("timed out waiting for training")

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from helpers import MICRO, REPO, env, jisp_cmd, losses, raw_lines, run_jisp
+from helpers import MICRO, REPO, env, jisp_cmd, losses, raw_lines, run_jisp, wait_for_step
 
 CFG = "configs/ddpm_tiny.py"
 
@@ -23,17 +23,6 @@ def _args(wd, steps=10_000, every=2):
 def _start(args, **extra_env):
   return subprocess.Popen(jisp_cmd(*args), env=env(2, **extra_env), cwd=REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _wait_for_step(wd, step, proc, timeout=400):
-  t0 = time.time()
-  while time.time() - t0 < timeout:
-    if (wd / "metrics.jsonl").exists() and step in losses(wd):
-      return
-    if proc.poll() is not None:
-      raise AssertionError(f"training exited early: {proc.stderr.read()[-2000:]}")
-    time.sleep(0.2)
-  raise AssertionError("timed out waiting for training")
 
 
 def _wait_for_resumed_steps(wd, n, proc, timeout=400):
@@ -64,7 +53,7 @@ def test_second_trainer_stops_at_once_a_killed_ones_lock_is_taken_over_and_ctrl_
   wd = tmp_path / "run"
   first = _start(_args(wd))
   try:
-    _wait_for_step(wd, 3, first)
+    wait_for_step(wd, 3, first)
     t0 = time.time()
     second = run_jisp(*_args(wd), check=False, timeout=300)
     lines = _error_lines(second.stderr)
@@ -184,7 +173,7 @@ def test_sigterm_to_one_of_two_processes_saves_the_same_step_everywhere(tmp_path
   proc = subprocess.Popen(cmd, env=mp_env, cwd=REPO, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
   try:
-    _wait_for_step(wd, 2, proc)
+    wait_for_step(wd, 2, proc)
     victims = _process_pids(b"JISP_PROCESS_ID=1")
     assert len(victims) == 1
     os.kill(victims[0], signal.SIGTERM)

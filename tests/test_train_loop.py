@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from helpers import MICRO, REPO, env, jisp_cmd, losses, raw_lines, run_jisp
+from helpers import MICRO, REPO, env, jisp_cmd, losses, raw_lines, run_jisp, wait_for_step
 
 CFG = "configs/ddpm_tiny.py"
 
@@ -88,17 +88,6 @@ def _train_args(wd, steps=10):
           "--config.log_every=1", "--config.checkpoint_every=2"]
 
 
-def _wait_for_step(wd, step, proc, timeout=300):
-  t0 = time.time()
-  while time.time() - t0 < timeout:
-    if (wd / "metrics.jsonl").exists() and step in losses(wd):
-      return
-    if proc.poll() is not None:
-      raise AssertionError(f"training exited early: {proc.stderr.read()[-2000:]}")
-    time.sleep(0.2)
-  raise AssertionError("timed out waiting for training")
-
-
 def test_resume_after_kill_9_matches_uninterrupted(tmp_path):
   ref_wd = tmp_path / "ref"
   run_jisp(*_train_args(ref_wd))
@@ -110,7 +99,7 @@ def test_resume_after_kill_9_matches_uninterrupted(tmp_path):
   wd = tmp_path / "killed"
   proc = subprocess.Popen(jisp_cmd(*_train_args(wd)), env=env(2), cwd=REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  _wait_for_step(wd, 5, proc)
+  wait_for_step(wd, 5, proc)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   # Re-run the very same command: it must resume from the newest complete checkpoint.
@@ -131,7 +120,7 @@ def test_sigterm_writes_checkpoint_and_exits_zero(tmp_path):
   args[args.index("--config.checkpoint_every=2")] = "--config.checkpoint_every=1000"
   proc = subprocess.Popen(jisp_cmd(*args), env=env(2), cwd=REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  _wait_for_step(wd, 3, proc)
+  wait_for_step(wd, 3, proc)
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=300)
   assert proc.returncode == 0, err[-2000:]

@@ -162,10 +162,17 @@ def run(raw_dir, workdir, cpu_seconds: float, *, methods=None, cameras=None,
       common = [f"--config.data.dir={data}", "--config.data.source=mixed",
                 f"--config.data.virtual_ratio={virtual_ratio}"]
       log(f"loco: held out {cam}: training {name}")
-      facts = train_for_budget(config, cdir / f"run_{name}", common + overrides, cpu_seconds,
-                               log)
-      facts.update(evaluate(["--workdir", cdir / f"run_{name}", "--data", test_raw,
-                             *eval_opts], cdir / f"eval_{name}"))
+      try:
+        facts = train_for_budget(config, cdir / f"run_{name}", common + overrides,
+                                 cpu_seconds, log)
+        facts.update(evaluate(["--workdir", cdir / f"run_{name}", "--data", test_raw,
+                               *eval_opts], cdir / f"eval_{name}"))
+      except RuntimeError as e:  # a run that fails (diverges) is a cell, not the end
+        lines = [ln for ln in str(e).splitlines() if "error:" in ln] or str(e).splitlines()
+        entry["methods"][name] = {"error": lines[-1].strip()[:300]}
+        log(f"loco: held out {cam}: {name} failed: {entry['methods'][name]['error']}")
+        atomic_write_json(summary_path, results)
+        continue
       entry["methods"][name] = facts
       log(f"loco: held out {cam}: {name} {facts['raw_psnr']:.2f} dB, UPI "
           f"{entry['methods']['upi']['raw_psnr']:.2f} dB")
@@ -185,7 +192,9 @@ def markdown(results: dict) -> str:
     upi = ms["upi"]["raw_psnr"]
     cells = []
     for m in methods:
-      if m in ms:
+      if m in ms and "error" in ms[m]:
+        cells.append("failed (see loco.json)")
+      elif m in ms:
         cells.append(f"{ms[m]['raw_psnr']:.2f} ({ms[m]['raw_psnr'] - upi:+.2f})")
       else:
         cells.append("–")
