@@ -76,26 +76,34 @@ def load_manifest(data_dir) -> dict:
   return man
 
 
-def ensure_output_dir(path, what: str = "output folder") -> Path:
-  """Creates `path` if needed and checks that files can be written there, before any
-  expensive work; one-line DataError naming it otherwise."""
+def os_error_reason(e: OSError) -> str:
+  """The short cause of an OSError for a one-line message."""
   import errno
+  if e.errno == errno.EROFS:
+    return "read-only file system"
+  if e.errno == errno.ENOSPC:
+    return "no space left on device"
+  return e.strerror or str(e)
+
+
+def ensure_output_dir(path, what: str = "output folder", error=DataError) -> Path:
+  """Creates `path` if needed and checks that files can be written there, before any
+  expensive work; a one-line `error` (a UserError type) naming it otherwise."""
   path = Path(path)
   try:
     path.mkdir(parents=True, exist_ok=True)
   except FileExistsError:
-    raise DataError(f"{path}: {what} is an existing file, not a folder") from None
+    raise error(f"{path}: {what} is an existing file, not a folder") from None
   except NotADirectoryError:
-    raise DataError(f"{path}: {what} lies below a file") from None
+    raise error(f"{path}: {what} lies below a file") from None
   except OSError as e:
-    raise DataError(f"{path}: cannot create {what} ({e.strerror or e})") from None
+    raise error(f"{path}: cannot create {what} ({os_error_reason(e)})") from None
   if not path.is_dir():
-    raise DataError(f"{path}: {what} is not a folder")
+    raise error(f"{path}: {what} is an existing file, not a folder")
   try:
     fd, probe = tempfile.mkstemp(prefix=".jisp-write-test.", dir=path)
     os.close(fd)
     os.unlink(probe)
   except OSError as e:
-    reason = "read-only file system" if e.errno == errno.EROFS else (e.strerror or str(e))
-    raise DataError(f"{path}: cannot write to {what} ({reason})") from None
+    raise error(f"{path}: cannot write to {what} ({os_error_reason(e)})") from None
   return path

@@ -17,6 +17,7 @@ import socket
 import time
 
 from jisp.core.errors import RunError
+from jisp.core.fileio import ensure_output_dir, os_error_reason
 
 LOCK_NAME = "train.lock"
 
@@ -25,32 +26,8 @@ def prepare(workdir) -> str:
   """The absolute workdir, created if needed; one-line RunError when it is a file, lies
   below a file, or cannot be written (read-only file system, permissions)."""
   path = os.path.abspath(str(workdir))
-  if os.path.exists(path) and not os.path.isdir(path):
-    raise RunError(f"{path}: --workdir is an existing file, not a directory")
-  try:
-    os.makedirs(path, exist_ok=True)
-  except FileExistsError:
-    raise RunError(f"{path}: --workdir lies below a file") from None
-  except NotADirectoryError:
-    raise RunError(f"{path}: --workdir lies below a file") from None
-  except OSError as e:
-    raise RunError(f"{path}: cannot create --workdir ({_reason(e)})") from None
-  probe = os.path.join(path, f".jisp-write-test.{os.getpid()}")
-  try:
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.unlink(probe)
-  except OSError as e:
-    raise RunError(f"{path}: cannot write to --workdir ({_reason(e)})") from None
+  ensure_output_dir(path, "--workdir", error=RunError)
   return path
-
-
-def _reason(e: OSError) -> str:
-  if e.errno == errno.EROFS:
-    return "read-only file system"
-  if e.errno == errno.ENOSPC:
-    return "no space left on device"
-  return e.strerror or str(e)
 
 
 class WorkdirLock:
@@ -71,7 +48,7 @@ class WorkdirLock:
       if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
         raise RunError(f"{self.workdir}: already in use by another `jisp train` ({holder}); "
                        "wait for it to finish, stop it, or use another --workdir") from None
-      raise RunError(f"{self.path}: cannot lock the workdir ({_reason(e)})") from None
+      raise RunError(f"{self.path}: cannot lock the workdir ({os_error_reason(e)})") from None
     # Ours now (also when a killed trainer left the file behind): describe the holder.
     info = {"pid": os.getpid(), "host": socket.gethostname(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
