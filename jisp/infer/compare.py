@@ -193,17 +193,9 @@ def load_item(item: dict, protocol: str) -> dict:
 
 
 def load_items(items, protocol: str, log=None) -> tuple[list[dict], list[str]]:
-  loaded, skipped = [], []
-  for it in items:
-    try:
-      loaded.append(load_item(it, protocol))
-    except (OSError, InputError, DataError, ValueError) as e:
-      skipped.append(" ".join(str(e).split()))
-      if log:
-        log(f"skipped: {skipped[-1]}")
-  if not loaded:
-    raise DataError("no test image could be read: " + "; ".join(skipped[:3]))
-  return loaded, skipped
+  return evaluate.load_each(items, lambda it: load_item(it, protocol), log=log,
+                            what="test image could be read",
+                            errors=(OSError, InputError, DataError, ValueError))
 
 
 # --------------------------------------------------------------------------- scoring

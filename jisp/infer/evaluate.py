@@ -116,18 +116,25 @@ def score(pred, true, layout, extra_metrics=None) -> dict:
   return out
 
 
-def _load_all(files, protocol, log):
+def load_each(items, load, *, log=None, what: str = "image could be evaluated",
+              errors=(OSError, InputError, ValueError)) -> tuple[list, list[str]]:
+  """[load(item)] of the items that load, and one line per item skipped for `errors`;
+  DataError when none loads."""
   loaded, skipped = [], []
-  for path in files:
+  for it in items:
     try:
-      loaded.append((Path(path), load_pair(path, protocol)))
-    except (OSError, InputError, ValueError) as e:
+      loaded.append(load(it))
+    except errors as e:
       skipped.append(" ".join(str(e).split()))
       if log:
         log(f"skipped: {skipped[-1]}")
   if not loaded:
-    raise DataError("no image could be evaluated: " + "; ".join(skipped[:3]))
+    raise DataError(f"no {what}: " + "; ".join(skipped[:3]))
   return loaded, skipped
+
+
+def _load_all(files, protocol, log):
+  return load_each(files, lambda path: (Path(path), load_pair(path, protocol)), log=log)
 
 
 def evaluate(run, predictor, files, protocol, settings, *, seed=0, progress=False,
