@@ -29,16 +29,15 @@ from jisp.experiments import machine
 WHATS = ("train", "sample")
 
 
-def _run_json(cmd: list[str], env=None) -> dict:
-  """The last JSON line a command prints (every tool here prints one per measurement)."""
-  p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+def _json_lines(cmd: list[str]) -> list[dict]:
+  """The JSON lines a command prints (every tool here prints one per measurement)."""
+  p = subprocess.run(cmd, capture_output=True, text=True)
   if p.returncode != 0:
-    raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}): "
-                       f"{p.stderr.strip().splitlines()[-1:] or ''}")
-  lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}): {p.stderr[-400:]}")
+  lines = [json.loads(ln) for ln in p.stdout.splitlines() if ln.startswith("{")]
   if not lines:
     raise RuntimeError(f"{' '.join(cmd)} printed no JSON line")
-  return json.loads(lines[-1])
+  return lines
 
 
 def commands(what: str, *, peer_dir: str, peer_python: str, batch: int, steps: int,
@@ -72,13 +71,6 @@ def speed_of(what: str, tool: str, rec: dict) -> float:
   return float(rec["patches_per_s" if what == "train" else "patch_nfe_per_s"])
 
 
-def _jisp_records(cmd) -> list[dict]:
-  p = subprocess.run(cmd, capture_output=True, text=True)
-  if p.returncode != 0:
-    raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}): {p.stderr[-400:]}")
-  return [json.loads(ln) for ln in p.stdout.splitlines() if ln.startswith("{")]
-
-
 def compare(whats, *, peer_dir: str, peer_python: str, rounds: int = 2, batch: int | None = None,
             steps: int = 20, sampler: str = "ddim", config: str = "configs/ddpm_fivek.py",
             emit=print) -> list[dict]:
@@ -98,11 +90,8 @@ def compare(whats, *, peer_dir: str, peer_python: str, rounds: int = 2, batch: i
       b = batch or (32 if w == "train" else 16)
       for tool, cmd in commands(w, peer_dir=peer_dir, peer_python=peer_python, batch=b,
                                 steps=steps, sampler=sampler, config=config).items():
-        if tool == "jisp":
-          # bench train measures 1 device and all local devices: jisp's best counts
-          rec = max(_jisp_records(cmd), key=lambda x: speed_of(w, tool, x))
-        else:
-          rec = _run_json(cmd)
+        # bench train measures 1 device and all local devices: the best counts
+        rec = max(_json_lines(cmd), key=lambda x: speed_of(w, tool, x))
         s = speed_of(w, tool, rec)
         speeds.setdefault((w, b), {}).setdefault(tool, []).append(s)
         emit(json.dumps({"bench": "vs_torch", "what": w, "tool": tool, "round": r,
