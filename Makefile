@@ -16,5 +16,9 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/jisp demo --out demo_out
 
+# Two pytest workers (JISP_TEST_WORKERS): the suite is mostly single-threaded XLA
+# compiles, so a 2-core machine runs two at once. Whole files go to one worker, so a
+# module's shared run (fixture) is built once.
 test: $(VENV)/.installed
-	JISP_RAW_DIR=$${JISP_RAW_DIR:-$(RAW_DIR)} $(VENV)/bin/python -m pytest -q -p no:cacheprovider --timeout=900 tests
+	JISP_RAW_DIR=$${JISP_RAW_DIR:-$(RAW_DIR)} $(VENV)/bin/python -m pytest -q -p no:cacheprovider --timeout=900 \
+	  -n $${JISP_TEST_WORKERS:-2} --dist loadfile tests

@@ -5,7 +5,8 @@
 #   launch/local_multiprocess.sh N CONFIG WORKDIR [--config.a.b=value ...]
 #
 # Env: JISP_DEVICES_PER_PROCESS (default 8/N, at least 1), JISP_PORT (default: a free
-# port), JISP_PYTHON (default: python3 on PATH).
+# port), JISP_PYTHON (default: python3 on PATH). Other XLA_FLAGS of the caller are kept;
+# only the device count is replaced.
 # If any process fails or is lost, the others are stopped (they could only hang on the
 # collective until jax.distributed's heartbeat gives up) and the script exits with that
 # process's status, after one line naming it. Checkpoints already written stay valid:
@@ -22,6 +23,8 @@ PY=${JISP_PYTHON:-python3}
 DEV=${JISP_DEVICES_PER_PROCESS:-$(( 8 / N > 0 ? 8 / N : 1 ))}
 PORT=${JISP_PORT:-$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
 
+OTHER_XLA_FLAGS=$(sed -E 's/--xla_force_host_platform_device_count=[^ ]*//g' <<<"${XLA_FLAGS:-}")
+
 declare -A index_of
 pids=()
 stop_all() { for p in "${pids[@]}"; do kill "-${1:-TERM}" "$p" 2>/dev/null || true; done; }
@@ -29,7 +32,7 @@ trap 'stop_all INT; wait; exit 130' INT
 trap 'stop_all TERM; wait; exit 143' TERM
 
 for ((i = 0; i < N; i++)); do
-  XLA_FLAGS="--xla_force_host_platform_device_count=${DEV}" \
+  XLA_FLAGS="--xla_force_host_platform_device_count=${DEV} ${OTHER_XLA_FLAGS}" \
   JAX_PLATFORMS=cpu \
   JISP_COORDINATOR="127.0.0.1:${PORT}" JISP_NUM_PROCESSES="$N" JISP_PROCESS_ID="$i" \
     "$PY" -m jisp train --config "$CONFIG" --workdir "$WORKDIR" "$@" &

@@ -2,9 +2,11 @@
 import os
 import pathlib
 
-# 8 fake CPU devices for sharding tests; an unknown XLA flag would kill the process,
-# so only this well-known one is set.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+from helpers import xla_flags  # plain Python: imports nothing of jax
+
+# 8 fake CPU devices for sharding tests, and the fast-compile flags (helpers.FAST_COMPILE);
+# an unknown XLA flag would kill the process, so only well-known ones are set.
+os.environ.setdefault("XLA_FLAGS", xla_flags(8))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")

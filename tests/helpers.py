@@ -7,6 +7,17 @@ import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
+# Tests run tiny shapes, where XLA:CPU spends far longer compiling than running: LLVM
+# without its optimisation passes compiles several times faster (and the results are the
+# same to within the tests' tolerances). Every jax process of the suite gets them, the
+# in-process one (conftest) and the subprocesses (env below, and through the launch
+# scripts, which keep the caller's XLA_FLAGS).
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+def xla_flags(devices: int) -> str:
+  return f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}"
+
 # The smallest U-Net that still has every part (attention, down/up-sampling, skips):
 # keeps each compile to seconds on a 2-core CPU.
 MICRO = [
@@ -18,7 +29,7 @@ MICRO = [
 
 def env(devices: int = 2, **extra) -> dict:
   e = dict(os.environ)
-  e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  e["XLA_FLAGS"] = xla_flags(devices)
   e["JAX_PLATFORMS"] = "cpu"
   e.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".pytest_cache" / "jax_cache"))
   e.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
@@ -73,3 +84,21 @@ def wait_for_step(wd, step, proc, timeout=400):
       raise AssertionError(f"training exited early: {proc.stderr.read()[-2000:]}")
     time.sleep(0.2)
   raise AssertionError("timed out waiting for training")
+
+
+def trainer_pids(workdir, process_id: int) -> list[int]:
+  """Pids of the `jisp train` processes of `workdir` started as process `process_id`
+  (JISP_PROCESS_ID in their environment). The workdir in the command line keeps another
+  test's multi-process run, which may be running in a parallel worker, out of it."""
+  out = subprocess.run(["pgrep", "-f", "jisp train"], capture_output=True, text=True)
+  marker = f"JISP_PROCESS_ID={process_id}".encode()
+  found = []
+  for pid in out.stdout.split():
+    try:
+      environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+      cmdline = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+    except OSError:
+      continue
+    if marker in environ and str(workdir).encode() in cmdline:
+      found.append(int(pid))
+  return found

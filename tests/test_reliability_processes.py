@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from helpers import MICRO, REPO, env, jisp_cmd, losses, raw_lines, run_jisp, wait_for_step
+from helpers import (MICRO, REPO, env, jisp_cmd, losses, raw_lines, run_jisp, trainer_pids,
+                     wait_for_step)
 
 CFG = "configs/ddpm_tiny.py"
 
@@ -144,20 +145,6 @@ def test_disk_full_during_training_is_one_line_and_resumes_after_freeing(tmp_pat
     subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
-def _process_pids(marker: bytes) -> list[int]:
-  """Pids of the python trainers whose environment holds `marker` (JISP_PROCESS_ID=k)."""
-  out = subprocess.run(["pgrep", "-f", "jisp train"], capture_output=True, text=True)
-  found = []
-  for pid in out.stdout.split():
-    try:
-      environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
-    except OSError:
-      continue
-    if marker in environ:
-      found.append(int(pid))
-  return found
-
-
 @pytest.mark.slow
 def test_sigterm_to_one_of_two_processes_saves_the_same_step_everywhere(tmp_path):
   """Preemption (issue 16): the signal reaches process 1 only; both processes agree at
@@ -174,7 +161,7 @@ def test_sigterm_to_one_of_two_processes_saves_the_same_step_everywhere(tmp_path
                           stderr=subprocess.PIPE, text=True)
   try:
     wait_for_step(wd, 2, proc)
-    victims = _process_pids(b"JISP_PROCESS_ID=1")
+    victims = trainer_pids(wd, 1)
     assert len(victims) == 1
     os.kill(victims[0], signal.SIGTERM)
     out, err = proc.communicate(timeout=300)

@@ -25,6 +25,7 @@ import logging
 import os
 import shutil
 import sys
+import warnings
 
 import jax
 import numpy as np
@@ -85,6 +86,37 @@ def intact_text(workdir) -> str:
   return f"checkpoints {', '.join(map(str, steps))} are intact"
 
 
+def _is_closed_loop_callback(exc_type, exc, tb) -> bool:
+  """The RuntimeError a TensorStore write thread raises when it reports back to Orbax's
+  save loop after that loop has closed (the save already failed)."""
+  if exc_type is not RuntimeError or str(exc) != "Event loop is closed":
+    return False
+  frames = []
+  while tb is not None:
+    frames.append(tb.tb_frame.f_code.co_name)
+    tb = tb.tb_next
+  return bool(frames) and frames[0] == "call_soon_threadsafe"
+
+
+def _silence_late_write_callbacks() -> None:
+  """When an async save fails, writes still in flight finish on TensorStore's own threads
+  and try to wake the save loop, which has closed; each such error reaches
+  sys.unraisablehook (raised from C, with no Python caller to catch it) and would print a
+  traceback before and after the failure surfaces as one RunError line. Those go
+  unprinted; every other unraisable error prints as before."""
+  previous = sys.unraisablehook
+  if getattr(previous, "_jisp_late_writes", False):
+    return
+
+  def hook(unraisable):
+    if not _is_closed_loop_callback(unraisable.exc_type, unraisable.exc_value,
+                                    unraisable.exc_traceback):
+      previous(unraisable)
+
+  hook._jisp_late_writes = True
+  sys.unraisablehook = hook
+
+
 class Checkpointer:
   """Async Orbax saves with storage failures turned into one RunError line."""
 
@@ -93,6 +125,7 @@ class Checkpointer:
     self.directory = checkpoint_dir(workdir)
     self._pending: int | None = None
     self._failed = False
+    _silence_late_write_callbacks()
     with self._storage("creating the checkpoint folder"):
       self.manager = ocp.CheckpointManager(
           self.directory,
@@ -108,6 +141,9 @@ class Checkpointer:
       if reason is None:
         raise
       self._failed = True
+      # Orbax's abandoned write coroutines would warn at exit that they never ran.
+      warnings.filterwarnings("ignore", message="coroutine .* was never awaited",
+                              category=RuntimeWarning)
       if jax.process_index() == 0:
         for tmp in glob.glob(os.path.join(self.directory, "*.orbax-checkpoint-tmp*")):
           shutil.rmtree(tmp, ignore_errors=True)  # give back the space a partial save took

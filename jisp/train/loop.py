@@ -295,10 +295,16 @@ def _library_logs_to(workdir: str, enabled: bool):
   """Orbax and TensorStore report failures through absl logging (and asyncio, when their
   event loops are collected), a traceback per thread; during training they go to
   WORKDIR/train.log and the user sees one line. After a failure the redirection stays:
-  those late messages arrive while the process exits."""
+  those late messages arrive while the process exits, until the next run in the same
+  process (a test, a notebook) takes the redirection over."""
   if not enabled:
     yield
     return
+  for name in ("absl", "asyncio"):
+    lg = logging.getLogger(name)
+    for old in [h for h in lg.handlers if isinstance(h, _QuietFileHandler)]:
+      lg.removeHandler(old)
+      old.close()
   handler = _QuietFileHandler(os.path.join(workdir, "train.log"), delay=True)
   handler.setLevel(logging.WARNING)
   handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
