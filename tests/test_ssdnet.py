@@ -155,6 +155,18 @@ def test_emdta_attention_rows_and_plain_mdta():
   assert plain["project_out"]["kernel"].shape == (1, 1, 16, 16)
 
 
+def test_emdta_on_a_black_patch_has_finite_gradients():
+  """A black photo (all zeros through the bias-free layers) makes q and k rows exactly
+  zero; jnp.linalg.norm's gradient there is NaN, and one black patch would end a run."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 8, 8, 16))
+  m = ssdnet.EMDTA(heads=4, cfm="ca_sa")
+  p = m.init(jax.random.PRNGKey(1), x)
+  g = jax.grad(lambda p, x: jnp.sum(m.apply(p, x) ** 2) + jnp.sum(m.apply(p, x)))(
+      p, jnp.zeros_like(x))
+  assert all(bool(jnp.all(jnp.isfinite(l))) for l in jax.tree.leaves(g))
+  assert any(float(jnp.max(jnp.abs(l))) > 0 for l in jax.tree.leaves(g))  # it still learns
+
+
 def test_depthwise_shifted_equals_grouped():
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 7, 6))
   for k in (3, 7):

@@ -167,7 +167,11 @@ class EMDTA(nn.Module):
       return t.reshape(b, h * w, nh, d).transpose(0, 2, 3, 1).astype(jnp.float32)
 
     def unit(t):
-      return t / jnp.maximum(jnp.linalg.norm(t, axis=-1, keepdims=True), NORM_EPS)
+      # t / max(|t|, eps) as F.normalize, with the floor under the square root: the
+      # gradient of jnp.linalg.norm at an all-zero row (a black patch through the
+      # bias-free layers) is NaN, this one is finite.
+      sq = jnp.sum(t * t, axis=-1, keepdims=True)
+      return t * jax.lax.rsqrt(jnp.maximum(sq, NORM_EPS * NORM_EPS))
 
     qh, kh = unit(to_heads(q)), unit(to_heads(k))
     tau = self.param("temperature", nn.initializers.ones, (nh, 1, 1))
