@@ -38,7 +38,7 @@ from jisp.tasks.base import PredictOptions
 from jisp.train import runs
 from jisp.train.loop import train
 
-# The best 20-NFE setting measured against DDPM-1000 (README "Fast samplers").
+# The best of the 20-NFE settings measured (README "Fast samplers").
 DDPM_OPTIONS = PredictOptions(sampler="ddim", steps=20, eta=1.0)
 
 
