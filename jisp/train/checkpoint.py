@@ -89,13 +89,8 @@ def intact_text(workdir) -> str:
 def _is_closed_loop_callback(exc_type, exc, tb) -> bool:
   """The RuntimeError a TensorStore write thread raises when it reports back to Orbax's
   save loop after that loop has closed (the save already failed)."""
-  if exc_type is not RuntimeError or str(exc) != "Event loop is closed":
-    return False
-  frames = []
-  while tb is not None:
-    frames.append(tb.tb_frame.f_code.co_name)
-    tb = tb.tb_next
-  return bool(frames) and frames[0] == "call_soon_threadsafe"
+  return (exc_type is RuntimeError and str(exc) == "Event loop is closed"
+          and tb is not None and tb.tb_frame.f_code.co_name == "call_soon_threadsafe")
 
 
 def _silence_late_write_callbacks() -> None:
