@@ -143,3 +143,49 @@ def test_eval_on_a_folder_of_another_protocol_is_refused_and_keeps_results(setup
   err = capsys.readouterr().err.strip()
   assert "\n" not in err and "'linear'" in err and "'invisp'" in err
   assert json.loads((out / "results.json").read_text()) == {"kept": True}
+
+
+def test_eval_samples_scores_the_mean_of_independent_samples(setup, tmp_path, capsys):
+  """--samples 2 scores the mean of two samples: the --samples 1 prediction (key
+  fold_in(PRNGKey(seed), image)) and one drawn with that key folded with 1, recomputed
+  here outside the eval loop; it costs twice the network calls."""
+  import jax
+  from jisp.infer import reconstruct
+  from jisp.infer.predict import PatchPredictor
+  from jisp.tasks.base import PredictOptions
+  from jisp.train import runs
+  wd, raws = setup
+  flags = ("--workdir", wd, "--data", raws[0].parent, "--json", "--sampler", "ddim",
+           "--steps", "2", "--eta", "1", "--max-batch", "32", "--max-images", "1", "--grid")
+  assert _eval(*flags, "--out", tmp_path / "one") == 0
+  assert _eval(*flags, "--samples", "2", "--out", tmp_path / "two") == 0
+  capsys.readouterr()
+  one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
+  assert (one["samples"], two["samples"]) == (1, 2)
+  assert (one["nfe"], two["nfe"], two["nfe_per_sample"]) == (2, 4, 2)
+
+  run = runs.load_run(wd)
+  pred = PatchPredictor(run.task, run.params, PredictOptions(sampler="ddim", steps=2, eta=1.0),
+                        max_batch=32)
+  pair = evaluate.load_pair(raws[0], "invisp")
+  inp, true = pair["rgb"], pair["raw"]
+  setting = evaluate.tilings(pred.patch, grid=True)[0]
+  key0 = jax.random.fold_in(jax.random.PRNGKey(0), 0)
+  a, b = (np.asarray(reconstruct.predict_image(pred, inp, setting, key=k), np.float64)
+          for k in (key0, jax.random.fold_in(key0, 1)))
+  assert np.abs(a - b).max() > 1e-3  # two different samples
+  layout = setting.layout(inp.shape, pred.patch)
+  want_one = evaluate.score(a.astype(np.float32), true, layout)["raw_psnr"]
+  want_two = evaluate.score(((a + b) / 2).astype(np.float32), true, layout)["raw_psnr"]
+  assert abs(one["mean_raw_psnr"] - want_one) < 1e-4
+  assert abs(two["mean_raw_psnr"] - want_two) < 1e-4 and abs(want_two - want_one) > 1e-3
+
+
+def test_eval_samples_is_refused_where_nothing_is_sampled(setup, capsys):
+  wd, raws = setup
+  assert _eval("--workdir", wd, "--data", raws[0].parent, "--samples", "0") == 2
+  err = capsys.readouterr().err.strip()
+  assert "\n" not in err and "--samples must be >= 1, got 0" in err
+  assert _eval("--method", "upi", "--data", raws[0].parent, "--samples", "2") == 2
+  err = capsys.readouterr().err.strip()
+  assert "\n" not in err and "--samples 2" in err and "every sample would be the same" in err

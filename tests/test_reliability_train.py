@@ -285,3 +285,40 @@ def test_late_write_callbacks_after_a_failed_save_are_dropped_and_nothing_else(t
       (late, True), (reached[1].exc_value, False)]
   assert str(reached[1].exc_value) == "something else"
   assert len(reached) == 3 and str(reached[2].exc_value) == "from a finaliser"
+
+
+def test_a_save_on_cpu_devices_compiles_nothing_and_restores_the_same_values(tmp_path):
+  """Orbax's replica-parallel default would slice each replicated array into one piece per
+  device, one XLA compile per array shape, at every process's first save; on CPU each
+  array is written whole by one replica instead. The files restore to the same values."""
+  import orbax.checkpoint as ocp
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from jisp.train import checkpoint
+
+  assert jax.device_count() >= 2
+  mesh = jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Explicit,))
+  rep = NamedSharding(mesh, P())
+  # Leading sizes that split evenly over the devices (what replica-parallel slices).
+  state = {f"w{i}": jax.device_put(
+      np.arange(n * k, dtype=np.float32).reshape(n, k) + i, rep)
+      for i, (n, k) in enumerate(((8, 3), (24, 5), (40, 7)))}
+  compiles = []
+
+  def listen(event, duration, **kw):
+    if "compile" in event or "trace" in event:
+      compiles.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  try:
+    ck = checkpoint.Checkpointer(tmp_path / "run", keep=1, async_save=True)
+    ck.save(1, state, {"epoch": 0})
+    ck.close()
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listen)
+  assert compiles == []
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), state)
+  with ocp.StandardCheckpointer() as reader:
+    back = reader.restore(tmp_path / "run" / "checkpoints" / "1" / "state", abstract)
+  for k in state:
+    np.testing.assert_array_equal(np.asarray(back[k]), np.asarray(state[k]))

@@ -28,7 +28,8 @@ def test_rows_match_the_readme_table():
   assert st.eval_args(by_id["dpm_solver3"], "grid", 1, 8)[-3:] == ["--grid", "--seed", "1"]
   assert st.eval_args(by_id["ddim20_eta0"], "report", 0, 8)[-5:] == \
       ["--overlap", "8", "--tiling-report", "--seed", "0"]
-  assert not by_id["mean2_ddim10_eta1"].cli and not by_id["mean2_ddim10_eta1"].evals
+  assert st.eval_args(by_id["mean2_ddim10_eta1"], "grid", 0, 8)[-7:] == \
+      ["--eta", "1", "--samples", "2", "--grid", "--seed", "0"]
   with pytest.raises(st.OptionError, match="unknown row nope"):
     st.selected_rows(["ddim1", "nope"])
 
@@ -47,8 +48,7 @@ def test_tiny_table_end_to_end_and_rerun_skips(prepared, tmp_path, monkeypatch, 
   by_key = {l["key"]: l for l in lines}
   assert set(by_key) == {"ddim20_eta1@report/seed0", "ddim20_eta1@grid/seed1",
                          "dpm_solver3@grid/seed0", "dpm_solver3@overlap/seed0",
-                         "mean2_ddim10_eta1"}
-  assert by_key["mean2_ddim10_eta1"]["status"] == "no_cli_switch"
+                         "mean2_ddim10_eta1@grid/seed0"}
   assert by_key["ddim20_eta1@grid/seed1"]["status"] == "unfinished"  # --seeds 0
   for key, l in by_key.items():
     if l["status"] != "ok":
@@ -61,6 +61,8 @@ def test_tiny_table_end_to_end_and_rerun_skips(prepared, tmp_path, monkeypatch, 
   assert by_key["ddim20_eta1@report/seed0"]["nfe"] == 20
   assert by_key["dpm_solver3@grid/seed0"]["nfe"] == 20
   assert by_key["dpm_solver3@grid/seed0"]["sampler_options"]["order"] == 3
+  mean2 = by_key["mean2_ddim10_eta1@grid/seed0"]
+  assert (mean2["nfe"], mean2["steps"]) == (20, 10)  # two samples of 10 calls each
   assert [s["name"] for s in by_key["ddim20_eta1@report/seed0"]["settings"]] == \
       ["grid", "overlap8", "overlap8+shared"]
   assert [s["name"] for s in by_key["dpm_solver3@overlap/seed0"]["settings"]] == ["overlap8"]
@@ -74,7 +76,8 @@ def test_tiny_table_end_to_end_and_rerun_skips(prepared, tmp_path, monkeypatch, 
   rep = {s["name"]: s for s in by_key["ddim20_eta1@report/seed0"]["settings"]}
   assert table["DDIM, η = 1"][1:3] == [f"{rep['grid']['raw_psnr']:.2f} dB (seed 1: unfinished)",
                                       f"{rep['overlap8']['raw_psnr']:.2f} dB"]
-  assert table["mean of two DDIM-10 η = 1 samples"][1].startswith("not measured")
+  m = mean2["settings"][0]
+  assert table["mean of two DDIM-10 η = 1 samples"][:2] == ["2 × 10", f"{m['raw_psnr']:.2f} dB"]
   assert table["overlap 8 px + shared initial noise"][:2] == \
       [f"{rep['overlap8+shared']['raw_psnr']:.2f} dB", f"{rep['overlap8+shared']['seam_ratio']:.2f}"]
   assert table["regular grid (paper protocol)"][2:] == ["unfinished", "unfinished"]  # eta 0
@@ -84,7 +87,7 @@ def test_tiny_table_end_to_end_and_rerun_skips(prepared, tmp_path, monkeypatch, 
   before = (wd / "rows.jsonl").read_text()
   assert st.main(argv) == 0
   err = capsys.readouterr().err
-  assert "already at step 3" in err and err.count("finished earlier, skipped") == 3
+  assert "already at step 3" in err and err.count("finished earlier, skipped") == 4
   assert (wd / "rows.jsonl").read_text() == before
 
 

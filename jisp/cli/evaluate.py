@@ -18,6 +18,9 @@ def add_parser(sub, name):
   e.add_argument("--max-images", type=int, default=None, help="evaluate the first N only")
   e.add_argument("--tiling-report", action="store_true",
                  help="compare grid / overlap / overlap + shared noise on the same images")
+  e.add_argument("--samples", type=int, default=1, metavar="N",
+                 help="score the mean of N samples per image (sampling runs; N times the "
+                      "network calls; sample 0 is the --samples 1 prediction)")
   common.add_predict_args(e)
   common.add_tiling_args(e)
   e.set_defaults(func=run)
@@ -36,6 +39,12 @@ def run(args, rest) -> int:
                                          else Path(f"eval_{args.method}"))
   out = Path(common.process_out(out))
   from jisp.infer import reconstruct
+  if args.samples != 1 and (run_.task.io.direction == "both" or
+                            reconstruct.data_protocol(run_.config) == "aim"):
+    from jisp.core.errors import OptionError
+    raise OptionError(f"--samples {args.samples}: only the sRGB -> RAW / RAW -> sRGB eval of "
+                      "a sampling run averages samples (this run is scored by its "
+                      "own protocol)")
   if reconstruct.data_protocol(run_.config) == "aim":
     return _evaluate_aim(args, run_, out, main, log)
   files, protocol, desc = evaluate.eval_files(args.data, run_.config)
@@ -51,7 +60,7 @@ def run(args, rest) -> int:
       what = f"run {run_.workdir} step {run_.step}" if run_.workdir else f"method {args.method}"
       log(f"jisp eval: {what}, {predictor.describe()}, {desc}")
     results, rows = evaluate.evaluate(run_, predictor, files, protocol, settings,
-                                      seed=args.seed,
+                                      seed=args.seed, samples=args.samples,
                                       progress=main and not (args.no_progress or args.json),
                                       log=log)
   paths = evaluate.write_results(out, results, rows, args.data)

@@ -13,8 +13,6 @@
    W/tables.md). Seconds per image are `jisp eval`'s (compile excluded), with the load
    average around each eval recorded next to them: they mean something on a quiet CPU.
 
-Rows `jisp eval` has no switch for (the mean of two samples) are printed as such, not
-computed another way.
 """
 from __future__ import annotations
 
@@ -45,7 +43,6 @@ class Row:
   evals: (tiling, seed) pairs; tiling "grid", "overlap" (--overlap N) or "report"
   (--tiling-report: grid, overlap, overlap + shared noise in one eval).
   nfe: the network evaluations the row claims (checked against eval's count).
-  cli: False where `jisp eval` has no switch for the row (nothing is run).
   """
   id: str
   label: str
@@ -53,8 +50,6 @@ class Row:
   nfe: int
   nfe_label: str
   evals: tuple
-  cli: bool = True
-  note: str = ""
 
 
 def _ddim(steps, eta):
@@ -76,8 +71,8 @@ ROWS = (
         20, "19 + 1", (("grid", 0), ("overlap", 0))),
     Row("ddim1", "DDIM, one step (x0 from noise)", ("--sampler", "ddim", "--steps", "1"),
         1, "1", (("grid", 0),)),
-    Row("mean2_ddim10_eta1", "mean of two DDIM-10 η = 1 samples", (), 20, "20", (), cli=False,
-        note="`jisp eval` has no switch to average several samples per image"),
+    Row("mean2_ddim10_eta1", "mean of two DDIM-10 η = 1 samples",
+        (*_ddim(10, 1), "--samples", "2"), 20, "2 × 10", (("grid", 0),)),
 )
 ROW_IDS = tuple(r.id for r in ROWS)
 
@@ -279,9 +274,6 @@ def sampler_markdown(records, step: int, overlap: int, rows=ROWS) -> str:
   lines = [f"| sampler | NFE | grid tiling | overlap {overlap} px | vs DDPM-1000 "
            "(grid / overlap) | s/image (grid) |", "| --- | --- | --- | --- | --- | --- |"]
   for row in rows:
-    if not row.cli:
-      lines.append(f"| {row.label} | {row.nfe_label} | not measured: {row.note} | – | – | – |")
-      continue
     tilings = {t for t, _ in row.evals}
     g, g1 = cells.get((row.id, "grid", 0)), cells.get((row.id, "grid", 1))
     o = cells.get((row.id, ov, 0))
@@ -325,14 +317,10 @@ def tiling_markdown(records, step: int, overlap: int) -> str:
 
 
 def json_lines(records, rows, step: int) -> list[str]:
-  """One line per eval of `rows` (finished, or marked unfinished / not measurable)."""
+  """One line per eval of `rows` (finished, or marked unfinished)."""
   by_key = {r["key"]: r for r in records if r.get("step") == step}
   out = []
   for row in rows:
-    if not row.cli:
-      out.append(json.dumps({"key": f"{row.id}", "row": row.id, "label": row.label,
-                             "status": "no_cli_switch", "note": row.note}))
-      continue
     for tiling, seed in row.evals:
       key = eval_key(row, tiling, seed)
       out.append(json.dumps(by_key.get(key) or {"key": key, "row": row.id, "label": row.label,

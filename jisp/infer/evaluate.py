@@ -31,7 +31,7 @@ import numpy as np
 
 from jisp.core import images, metrics
 from jisp.core.camera import PROTOCOL_GAMMA, camera_features
-from jisp.core.errors import DataError, InputError
+from jisp.core.errors import DataError, InputError, OptionError
 from jisp.core.fileio import atomic_write_json, load_manifest
 from jisp.infer import reconstruct, report, roundtrip, tiling
 
@@ -137,10 +137,38 @@ def _load_all(files, protocol, log):
   return load_each(files, lambda path: (Path(path), load_pair(path, protocol)), log=log)
 
 
+def sample_key(key, image: int, sample: int):
+  """The key of sample `sample` of image `image`. Sample 0 is the key a single-sample eval
+  uses, so averaging N samples starts from the prediction --samples 1 scores."""
+  base = jax.random.fold_in(key, image)
+  return base if sample == 0 else jax.random.fold_in(base, sample)
+
+
+def check_samples(predictor, samples: int) -> None:
+  if samples < 1:
+    raise OptionError(f"--samples must be >= 1, got {samples}")
+  if samples > 1 and not predictor.noisy:
+    raise OptionError(f"--samples {samples}: {predictor.describe()} draws no noise, so every "
+                      "sample would be the same image")
+
+
+def predict_mean(predictor, inp, setting, key, image: int, samples: int, **kw):
+  """The mean of `samples` independent samples for one image (the prediction itself for 1)."""
+  total = None
+  for k in range(samples):
+    pred = np.asarray(reconstruct.predict_image(predictor, inp, setting,
+                                                key=sample_key(key, image, k), **kw))
+    total = pred.astype(np.float64) if total is None else total + pred
+  return pred if samples == 1 else (total / samples).astype(pred.dtype)
+
+
 def evaluate(run, predictor, files, protocol, settings, *, seed=0, progress=False,
-             log=None, extra_metrics=None, look=True) -> tuple[dict, list]:
+             log=None, extra_metrics=None, look=True, samples: int = 1) -> tuple[dict, list]:
   """Scores every file under every tiling setting. Returns (results, report rows).
-  look: also score the look round trip (sRGB -> RAW tasks with 3-channel RAW)."""
+  look: also score the look round trip (sRGB -> RAW tasks with 3-channel RAW).
+  samples: score the mean of this many samples per image (sampling tasks): the posterior
+  mean a single sample only estimates, at `samples` times the network calls."""
+  check_samples(predictor, samples)
   key = jax.random.PRNGKey(seed)
   io = predictor.io
   loaded, skipped = _load_all(files, protocol, log)
@@ -158,8 +186,8 @@ def evaluate(run, predictor, files, protocol, settings, *, seed=0, progress=Fals
       layout = s.layout(inp.shape, predictor.patch)
       predictor.warm(len(layout), camera)
       t0 = time.perf_counter()
-      pred = reconstruct.predict_image(predictor, inp, s, key=jax.random.fold_in(key, i),
-                                       progress=progress, desc=path.name, camera=camera)
+      pred = predict_mean(predictor, inp, s, key, i, samples, progress=progress,
+                          desc=path.name, camera=camera)
       secs = time.perf_counter() - t0
       r = score(pred, true, layout, extra_metrics)
       r.update(seconds=secs, patches=len(layout))
@@ -191,7 +219,8 @@ def evaluate(run, predictor, files, protocol, settings, *, seed=0, progress=Fals
       "workdir": run.workdir, "step": run.step, "task": run.task.name,
       "target": io.target,  # what *_raw_psnr measures
       "sampler": predictor.options.sampler, "steps": predictor.options.steps,
-      "nfe": predictor.nfe, "sampler_options": predictor.options.extras(),
+      "nfe": predictor.nfe * samples, "nfe_per_sample": predictor.nfe, "samples": samples,
+      "sampler_options": predictor.options.extras(),
       "protocol": protocol, "devices": predictor.n_dev, "max_batch": predictor.max_batch,
       "n_images": len(per_image), "skipped": skipped,
       "mean_raw_psnr": summary[0]["mean_raw_psnr"],
@@ -309,8 +338,10 @@ def summary_lines(results: dict) -> list[str]:
             f"compression ratio {results['compression_ratio']:.1f}; {results['n_images']} images"]
   s = results["settings"][0]
   name = "sRGB" if results["target"] == "rgb" else "RAW"
+  of = (f", each the mean of {results['samples']} samples"
+        if results.get("samples", 1) > 1 else "")
   lines = [f"{name} PSNR {s['mean_raw_psnr']:.2f} dB (3x3 tiles, mean of "
-           f"{results['n_images']} images), {s['seconds_per_image']:.2f} s/image"]
+           f"{results['n_images']} images{of}), {s['seconds_per_image']:.2f} s/image"]
   if s.get("mean_look_psnr") is not None:
     lines.append(f"look round trip (LibRaw rendering of the DNG vs the input sRGB): PSNR "
                  f"{s['mean_look_psnr']:.2f} dB, mean CIEDE2000 {s['mean_look_de2000']:.2f}; "

@@ -112,6 +112,25 @@ def _silence_late_write_callbacks() -> None:
   sys.unraisablehook = hook
 
 
+def _write_each_array_from_one_replica() -> None:
+  """On CPU, Orbax's default replica-parallel save slices every replicated array into
+  one piece per device before writing it, and each slice shape is a fresh XLA compile at
+  the first save of a process. CPU devices share one host memory, so splitting the write
+  buys nothing there; the replica that holds each shard writes it whole, as Orbax does by
+  default on GPU. The files are the same either way (restore does not care)."""
+  if jax.default_backend() != "cpu":
+    return
+  current = ocp.type_handlers.get_type_handler(jax.Array)
+  if not getattr(current, "_use_replica_parallel", False):
+    return
+  ocp.type_handlers.register_type_handler(
+      jax.Array,
+      ocp.type_handlers.ArrayHandler(
+          use_replica_parallel=False,
+          array_metadata_store=getattr(current, "_array_metadata_store", None)),
+      override=True)
+
+
 class Checkpointer:
   """Async Orbax saves with storage failures turned into one RunError line."""
 
@@ -121,6 +140,7 @@ class Checkpointer:
     self._pending: int | None = None
     self._failed = False
     _silence_late_write_callbacks()
+    _write_each_array_from_one_replica()
     with self._storage("creating the checkpoint folder"):
       self.manager = ocp.CheckpointManager(
           self.directory,
