@@ -21,4 +21,4 @@ demo: $(VENV)/.installed
 # module's shared run (fixture) is built once.
 test: $(VENV)/.installed
 	JISP_RAW_DIR=$${JISP_RAW_DIR:-$(RAW_DIR)} $(VENV)/bin/python -m pytest -q -p no:cacheprovider --timeout=900 \
-	  -n $${JISP_TEST_WORKERS:-2} --dist loadfile tests
+	  -n $${JISP_TEST_WORKERS:-2} --dist loadfile --no-loadscope-reorder tests

@@ -38,3 +38,22 @@ def raw_dir():
   if not p.is_dir():
     pytest.skip(f"JISP_RAW_DIR={d} is not a directory")
   return p
+
+
+# Whole files go to one xdist worker (--dist loadfile, with --no-loadscope-reorder in the
+# Makefile so this order is the queue's): the longest files start first and the short ones
+# fill in behind them, so the two workers finish together instead of one idling while the
+# other runs a long file last (longest-processing-time first). Only the order depends on
+# this list; a file missing from it runs after these, in collection order.
+LONG_FILES_FIRST = (
+    "test_every_task.py", "test_train_loop.py", "test_reliability_processes.py",
+    "test_reliability_train.py", "test_camera_input.py", "test_dtdm_task.py",
+    "test_ssdnet.py", "test_aim.py", "test_predict_options.py", "test_flow_task.py",
+    "test_mixed_precision.py", "test_bench_predict.py", "test_flow.py",
+    "test_reliability_stages.py", "test_sampler_table.py", "test_multihost_infer.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+  rank = {name: i for i, name in enumerate(LONG_FILES_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within a file

@@ -278,13 +278,22 @@ def test_late_write_callbacks_after_a_failed_save_are_dropped_and_nothing_else(t
                     (RuntimeError("something else"), None)):  # kept
       sys.unraisablehook(args_type((type(exc), exc, tb, None, None)))
     Raises()  # kept
+
+    async def _read_array_index_and_device_put():  # named as Orbax's shard read
+      pass
+    read = _read_array_index_and_device_put()
+    read.close()
+    for exc in (Exception("Encountered error while reading array index: (slice(0, 16, 1),)"),
+                Exception("something else in a read")):  # dropped, kept
+      sys.unraisablehook(args_type((type(exc), exc, None, None, read)))
     ck.close()
   finally:
     sys.unraisablehook = saved
   assert [(u.exc_value, u.exc_traceback is late.__traceback__) for u in reached[:2]] == [
       (late, True), (reached[1].exc_value, False)]
   assert str(reached[1].exc_value) == "something else"
-  assert len(reached) == 3 and str(reached[2].exc_value) == "from a finaliser"
+  assert len(reached) == 4 and str(reached[2].exc_value) == "from a finaliser"
+  assert str(reached[3].exc_value) == "something else in a read"
 
 
 def test_a_save_on_cpu_devices_compiles_nothing_and_restores_the_same_values(tmp_path):

@@ -93,19 +93,29 @@ def _is_closed_loop_callback(exc_type, exc, tb) -> bool:
           and tb is not None and tb.tb_frame.f_code.co_name == "call_soon_threadsafe")
 
 
+def _is_abandoned_shard_read(unraisable) -> bool:
+  """The error each still-pending shard read of a damaged checkpoint raises when Orbax's
+  restore has already failed and its coroutine is closed by the garbage collector; the
+  failure itself is reported (that checkpoint is skipped, or the run stops with one line)."""
+  return (getattr(unraisable.object, "__name__", None) == "_read_array_index_and_device_put"
+          and str(unraisable.exc_value).startswith("Encountered error while reading array"))
+
+
 def _silence_late_write_callbacks() -> None:
   """When an async save fails, writes still in flight finish on TensorStore's own threads
   and try to wake the save loop, which has closed; each such error reaches
   sys.unraisablehook (raised from C, with no Python caller to catch it) and would print a
-  traceback before and after the failure surfaces as one RunError line. Those go
-  unprinted; every other unraisable error prints as before."""
+  traceback before and after the failure surfaces as one RunError line. Likewise the shard
+  reads a failed restore of a damaged checkpoint leaves behind. Those go unprinted; every
+  other unraisable error prints as before."""
   previous = sys.unraisablehook
   if getattr(previous, "_jisp_late_writes", False):
     return
 
   def hook(unraisable):
-    if not _is_closed_loop_callback(unraisable.exc_type, unraisable.exc_value,
-                                    unraisable.exc_traceback):
+    if not (_is_closed_loop_callback(unraisable.exc_type, unraisable.exc_value,
+                                     unraisable.exc_traceback)
+            or _is_abandoned_shard_read(unraisable)):
       previous(unraisable)
 
   hook._jisp_late_writes = True
@@ -280,6 +290,11 @@ def _try_restore(path: str, abstract):
           state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
     state, data = out["state"], out["data"]
   except Exception as e:  # any damage: the caller falls back to an older checkpoint
+    # The shard reads Orbax had not started yet are dropped unawaited; the damage is
+    # reported through the reason.
+    warnings.filterwarnings(
+        "ignore", message="coroutine '_read_array_index_and_device_put' was never awaited",
+        category=RuntimeWarning)
     return None, _short_reason(e)
   if not isinstance(data, dict):
     return None, "its data item is not a JSON object"
@@ -297,6 +312,7 @@ def restore_verified(workdir, abstract_state, steps: list[int] | None = None) ->
   into `abstract_state` (ShapeDtypeStructs with shardings). RunError, one line listing
   what was wrong with each, when none is intact."""
   steps = checkpoint_steps(workdir) if steps is None else list(steps)
+  _silence_late_write_callbacks()
   skipped = []
   for step in sorted(steps, reverse=True):
     path = os.path.join(checkpoint_dir(workdir), str(step))
