@@ -12,7 +12,6 @@
 4. Prints one JSON line per eval and the README's two markdown tables (also written to
    W/tables.md). Seconds per image are `jisp eval`'s (compile excluded), with the load
    average around each eval recorded next to them: they mean something on a quiet CPU.
-
 """
 from __future__ import annotations
 

@@ -101,15 +101,19 @@ def _is_abandoned_shard_read(unraisable) -> bool:
           and str(unraisable.exc_value).startswith("Encountered error while reading array"))
 
 
-def _silence_late_write_callbacks() -> None:
+def _silence_orbax_leftovers() -> None:
   """When an async save fails, writes still in flight finish on TensorStore's own threads
   and try to wake the save loop, which has closed; each such error reaches
   sys.unraisablehook (raised from C, with no Python caller to catch it) and would print a
   traceback before and after the failure surfaces as one RunError line. Likewise the shard
-  reads a failed restore of a damaged checkpoint leaves behind. Those go unprinted; every
-  other unraisable error prints as before."""
+  reads a failed restore of a damaged checkpoint leaves behind (raised as the collector
+  closes them, or warned about as never awaited). Those go unprinted; every other
+  unraisable error prints as before."""
+  warnings.filterwarnings(
+      "ignore", message="coroutine '_read_array_index_and_device_put' was never awaited",
+      category=RuntimeWarning)
   previous = sys.unraisablehook
-  if getattr(previous, "_jisp_late_writes", False):
+  if getattr(previous, "_jisp_orbax_leftovers", False):
     return
 
   def hook(unraisable):
@@ -118,7 +122,7 @@ def _silence_late_write_callbacks() -> None:
             or _is_abandoned_shard_read(unraisable)):
       previous(unraisable)
 
-  hook._jisp_late_writes = True
+  hook._jisp_orbax_leftovers = True
   sys.unraisablehook = hook
 
 
@@ -149,7 +153,7 @@ class Checkpointer:
     self.directory = checkpoint_dir(workdir)
     self._pending: int | None = None
     self._failed = False
-    _silence_late_write_callbacks()
+    _silence_orbax_leftovers()
     _write_each_array_from_one_replica()
     with self._storage("creating the checkpoint folder"):
       self.manager = ocp.CheckpointManager(
@@ -290,11 +294,6 @@ def _try_restore(path: str, abstract):
           state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
     state, data = out["state"], out["data"]
   except Exception as e:  # any damage: the caller falls back to an older checkpoint
-    # The shard reads Orbax had not started yet are dropped unawaited; the damage is
-    # reported through the reason.
-    warnings.filterwarnings(
-        "ignore", message="coroutine '_read_array_index_and_device_put' was never awaited",
-        category=RuntimeWarning)
     return None, _short_reason(e)
   if not isinstance(data, dict):
     return None, "its data item is not a JSON object"
@@ -312,7 +311,7 @@ def restore_verified(workdir, abstract_state, steps: list[int] | None = None) ->
   into `abstract_state` (ShapeDtypeStructs with shardings). RunError, one line listing
   what was wrong with each, when none is intact."""
   steps = checkpoint_steps(workdir) if steps is None else list(steps)
-  _silence_late_write_callbacks()
+  _silence_orbax_leftovers()
   skipped = []
   for step in sorted(steps, reverse=True):
     path = os.path.join(checkpoint_dir(workdir), str(step))
