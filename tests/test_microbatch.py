@@ -87,3 +87,92 @@ def test_micro_batch_config_check():
     cfg.micro_batch = bad
     with pytest.raises(ConfigError, match="'micro_batch'"):
       check_micro_batch(cfg, 8)
+
+
+# ------------------------------------------------------------ micro_batch = "auto" (training)
+
+def test_auto_choice_fits_the_budget_divides_the_batch_and_caps_the_parts():
+  from jisp.train.micro_batch import choose
+  mib = 2 ** 20
+  # 4 of a device's 8 examples fit 640 MiB at 150 MiB each: 4 per device, 8 in all
+  assert choose(16, 2, 150 * mib) == 8
+  assert choose(32, 2, 275 * mib) == 4            # 2 per device, 8 parts: the paper U-Net
+  assert choose(32, 1, 275 * mib) == 4            # 2 fit, but 16 parts > 8: 4
+  assert choose(32, 8, 2 * mib) == 0              # everything fits: the whole batch
+  assert choose(12, 2, 250 * mib) == 4            # 2 fit, and 2 divides a device's 6
+  assert choose(20, 2, 150 * mib) == 4            # 4 fit, but 4 does not divide 10: 2
+  assert choose(8, 2, 10 ** 12) == 2              # nothing fits: one per device
+
+
+def _task(cfg_file, *overrides):
+  from jisp.core.config import load
+  from jisp.train import runs
+  return runs.build_task(load(cfg_file, overrides))
+
+
+# Two levels, one block each, attention at the lower one: every part, the least compile.
+SMALL_UNET = ("--config.model.base_channels=8", "--config.model.num_groups=4",
+              "--config.model.channel_mults=(1,2)", "--config.model.attention_stages=(False,True)",
+              "--config.model.num_res_blocks=1", "--config.data.patch_size=16",
+              "--config.batch_size=8")
+MICRO_DDPM = ("jisp/configs/ddpm_fivek.py", *SMALL_UNET)
+
+
+def test_auto_splits_only_on_cpu_only_tasks_that_name_their_draws_and_obeys_the_config():
+  from jisp.train.micro_batch import forward_bytes_per_example, resolve
+  task = _task(*MICRO_DDPM)
+  cfg = task.config
+  per_example = forward_bytes_per_example(task)
+  assert 2 ** 20 < per_example < 2 ** 23  # a 16x16 micro U-Net: a few MiB per patch
+  budget = 2 * per_example + 1            # 2 per device fit of the 4 each device holds
+  assert resolve(task, cfg, 2, backend="cpu", budget=budget) == 4
+  assert resolve(task, cfg, 2, backend="cpu") == 0              # the real budget: whole
+  assert resolve(task, cfg, 2, backend="gpu", budget=budget) == 0
+  with cfg.ignore_type():
+    cfg.micro_batch = 4
+  assert resolve(task, cfg, 2, backend="gpu") == 4              # an explicit count is kept
+  # a task that cannot say what its loss draws is never split by "auto"
+  flow = _task("jisp/configs/invisp_tiny.py")
+  assert flow.draws(jax.random.PRNGKey(0), {}) is None
+  assert resolve(flow, flow.config, 1, backend="cpu", budget=1) == 0
+
+
+@pytest.mark.parametrize("cfg", [MICRO_DDPM, ("jisp/configs/dtdm_rgb2raw_tiny.py", *SMALL_UNET)],
+                         ids=["ddpm", "dtdm"])
+def test_auto_micro_batches_give_the_whole_batch_losses_and_gradients(cfg):
+  """The choice "auto" makes (forced here by a small budget) changes nothing but the
+  summation order: the same draws reach every example."""
+  from jisp.train.loop import loss_and_grads
+  from jisp.train.micro_batch import forward_bytes_per_example, resolve
+  task = _task(*cfg)
+  m = resolve(task, task.config, 2, backend="cpu",
+              budget=2 * forward_bytes_per_example(task) + 1)
+  assert m == 4
+  rng = np.random.default_rng(0)
+  # Any weights do (host-drawn: no init program to compile); none zero, so every
+  # gradient is live.
+  params = jax.tree.map(lambda s: jnp.asarray(0.2 * rng.standard_normal(s.shape), s.dtype),
+                        jax.eval_shape(task.init_params, jax.random.PRNGKey(1)))
+  batch = {k: jnp.asarray(rng.random(s.shape), s.dtype)
+           for k, s in task.batch_spec(8).items()}
+  key = jax.random.PRNGKey(2)
+  # Both in one program: one compile. Micro-batches drawing with keys of their own would
+  # see other noise and timesteps, and a loss off by far more than the tolerance.
+  whole, split = jax.jit(lambda p, b: (loss_and_grads(task, p, b, key),
+                                       loss_and_grads(task, p, b, key, m)))(params, batch)
+  np.testing.assert_allclose(split[0], whole[0], rtol=2e-5)
+  flat = lambda g: np.concatenate([np.ravel(x) for x in jax.tree.leaves(g)])  # noqa: E731
+  gs, gw = flat(split[2]), flat(whole[2])
+  np.testing.assert_allclose(gs, gw, rtol=1e-3, atol=1e-5 * np.abs(gw).max())
+  assert np.abs(gw).max() > 1e-3
+
+
+def test_config_micro_batch_takes_auto_or_a_count_over_either_type():
+  from jisp.core.config import load
+  cfg = load("jisp/configs/ddpm_tiny.py")
+  assert cfg.micro_batch == "auto"  # the default
+  assert load("jisp/configs/ddpm_tiny.py", ["--config.micro_batch=4"]).micro_batch == 4
+  c = load("jisp/configs/ddpm_tiny.py", ["--config.micro_batch=4", "--config.micro_batch=auto"])
+  assert c.micro_batch == "auto"
+  with pytest.raises(ConfigError, match="'micro_batch'.*'auto' or an integer"):
+    load("jisp/configs/ddpm_tiny.py", ["--config.micro_batch=big"])

@@ -23,10 +23,10 @@ def compiles(monkeypatch):
   seen = []
   real = loop.compile_train_step
 
-  def spy(task, tx, lr_fn, config, mesh, state_sharding):
+  def spy(task, tx, lr_fn, config, *args, **kwargs):
     seen.append((int(config.data.patch_size), int(config.batch_size),
                  tuple(task.batch_spec(config.batch_size)["rgb"].shape)))
-    return real(task, tx, lr_fn, config, mesh, state_sharding)
+    return real(task, tx, lr_fn, config, *args, **kwargs)
   monkeypatch.setattr(loop, "compile_train_step", spy)
   return seen
 

@@ -31,7 +31,9 @@ REQUIRED_TOP_LEVEL = ("seed", "batch_size", "num_steps", "log_every",
 # Keys every config has, with these defaults when its file does not set them (so
 # `--config.micro_batch=4` works on any config).
 OPTIONAL_TOP_LEVEL = {
-    "micro_batch": 0,  # examples per forward/backward inside a train step; 0 = whole batch
+    # Examples per forward/backward inside a train step: "auto" (jisp.train.micro_batch),
+    # 0 = the whole batch, or a global count.
+    "micro_batch": "auto",
     "stages": (),  # progressive training: ((steps, patch, global_batch), ...); () = one stage
     # The device mesh: data x fsdp (jisp.core.sharding); arrays with at least
     # min_shard_size elements split over fsdp, unless a `replicate` regex matches.
@@ -152,10 +154,22 @@ def _all_keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
   return out
 
 
+# Keys whose value is a count or the word "auto", whichever type the config file gave.
+COUNT_OR_AUTO = ("micro_batch",)
+
+
 def _parse_value(key: str, text: str, current):
   """Parse `text` into the type of the current value; ConfigError naming key on failure."""
   def bad(why):
     return ConfigError(f"bad value for config key '{key}': {text!r} ({why})")
+
+  if key in COUNT_OR_AUTO:
+    if text.strip().lower() == "auto":
+      return "auto"
+    try:
+      return int(text)
+    except ValueError:
+      raise bad("expected 'auto' or an integer") from None
 
   if isinstance(current, bool):
     low = text.strip().lower()
@@ -225,7 +239,12 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Iterable[str]) ->
     current = node[leaf]
     if isinstance(current, ml_collections.ConfigDict):
       raise ConfigError(f"config key '{key}' is a group; set one of its fields instead")
-    node[leaf] = _parse_value(key, value, current)
+    parsed = _parse_value(key, value, current)
+    if key in COUNT_OR_AUTO:
+      with node.ignore_type():  # "auto" over a file's int, or a count over "auto"
+        node[leaf] = parsed
+    else:
+      node[leaf] = parsed
   return cfg
 
 

@@ -123,15 +123,22 @@ def forward_step(schedule: Schedule, s: int, m_prev, x, y, t, noise):
   return forward_step_mean(schedule, s, m_prev, x, y, t) + sb * noise
 
 
-def loss(f_fn, schedule: Schedule, s: int, x, y, cond, rng):
+def draw(rng, shape, s: int) -> dict:
+  """The objective's random draws for a batch of y of `shape`: {"t" ~ U{1..s}, "noise"}."""
+  t_rng, n_rng = jax.random.split(rng)
+  return {"t": jax.random.randint(t_rng, (shape[0],), 1, s + 1),
+          "noise": jax.random.normal(n_rng, shape, jnp.float32)}
+
+
+def loss(f_fn, schedule: Schedule, s: int, x, y, cond, rng, draws=None):
   """E_{t ~ U{1..s}, eps} || f(concat[m_t, cond], t) - (gamma_s (x - y) + eps) ||^2 (Eq. 20).
 
   Mean over every element, so the value does not depend on how the batch is sharded.
+  draws: `draw(rng, y.shape, s)` made beforehand (drawn from rng when None).
   """
   s = check_s(schedule, s)
-  t_rng, n_rng = jax.random.split(rng)
-  t = jax.random.randint(t_rng, (y.shape[0],), 1, s + 1)
-  noise = jax.random.normal(n_rng, y.shape, y.dtype)
+  d = draw(rng, y.shape, s) if draws is None else draws
+  t, noise = d["t"], d["noise"].astype(y.dtype)
   m_t = q_sample(schedule, s, x, y, t, noise)
   f = f_fn(jnp.concatenate([m_t, cond], axis=-1), t)
   return jnp.mean(jnp.square(f - training_target(schedule, s, x, y, noise)))

@@ -21,18 +21,26 @@ def _coefs(schedule, t, ndim):
   return a, s
 
 
-def conditional_loss(net_fn, schedule: schedules.Schedule, x0, cond, rng, prediction="eps"):
+def draw(rng, shape, num_timesteps: int) -> dict:
+  """The objective's random draws for a batch of x0 of `shape`: {"t": (B,), "noise"}."""
+  t_rng, n_rng = jax.random.split(rng)
+  return {"t": sample_timesteps(t_rng, shape[0], num_timesteps),
+          "noise": jax.random.normal(n_rng, shape, jnp.float32)}
+
+
+def conditional_loss(net_fn, schedule: schedules.Schedule, x0, cond, rng, prediction="eps",
+                     draws=None):
   """E_{t, eps} || target - net_fn(concat[x_t, cond], t) ||^2.
 
   prediction="eps": target eps (the DDPM-for-ISP paper's Eq. 6). prediction="v": target
   v = sqrt(abar) eps - sqrt(1-abar) x0 (Salimans & Ho 2022), which keeps the x0 implied by
   the network accurate at large t, where eps-prediction amplifies its error by
   1/sqrt(abar_t). The mean is over every element, so the value does not depend on how the
-  batch is split across devices.
+  batch is split across devices. draws: `draw(rng, x0.shape, T)` made beforehand (rows of
+  a larger batch's draws when the batch is a micro-batch); drawn from rng when None.
   """
-  t_rng, n_rng = jax.random.split(rng)
-  t = sample_timesteps(t_rng, x0.shape[0], schedule.num_timesteps)
-  noise = jax.random.normal(n_rng, x0.shape, x0.dtype)
+  d = draw(rng, x0.shape, schedule.num_timesteps) if draws is None else draws
+  t, noise = d["t"], d["noise"].astype(x0.dtype)
   x_t = schedules.q_sample(schedule, x0, t, noise)
   out = net_fn(jnp.concatenate([x_t, cond], axis=-1), t)
   if prediction == "eps":
@@ -45,8 +53,8 @@ def conditional_loss(net_fn, schedule: schedules.Schedule, x0, cond, rng, predic
   return jnp.mean(jnp.square(out - target))
 
 
-def conditional_eps_loss(eps_fn, schedule, x0, cond, rng):
-  return conditional_loss(eps_fn, schedule, x0, cond, rng, "eps")
+def conditional_eps_loss(eps_fn, schedule, x0, cond, rng, draws=None):
+  return conditional_loss(eps_fn, schedule, x0, cond, rng, "eps", draws)
 
 
 def as_eps_fn(net_fn, schedule, prediction: str, alpha_bar_fn):

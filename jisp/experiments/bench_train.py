@@ -18,7 +18,7 @@ from jisp.core import sharding
 from jisp.core.errors import ConfigError
 from jisp.core.flops import compiled_flops
 from jisp.experiments import machine
-from jisp.train import guard, loop, optim, runs
+from jisp.train import guard, loop, micro_batch, optim, runs
 
 
 def _guard(mesh):
@@ -60,7 +60,8 @@ def bench_train(config, steps: int = 5, emit=None, device_counts=None,
     mesh = sharding.make_mesh(n)
     state, state_sh = loop.init_state(task, tx, config, mesh)
     batch = _random_batch(task.batch_spec(config.batch_size), mesh)
-    step_fn = loop.compile_train_step(task, tx, lr_fn, config, mesh, state_sh)
+    micro = micro_batch.resolve(task, config, n)
+    step_fn = loop.compile_train_step(task, tx, lr_fn, config, mesh, state_sh, micro)
     t0 = time.perf_counter()
     g = _guard(mesh)
     compiled = step_fn.lower(state, batch, g).compile()
@@ -71,7 +72,8 @@ def bench_train(config, steps: int = 5, emit=None, device_counts=None,
         "bench": "train", "task": task.name, "devices": n,
         "platform": jax.devices()[0].platform, "device_kind": jax.devices()[0].device_kind,
         "batch": config.batch_size, "patch": config.data.patch_size,
-        "micro_batch": loop.micro_batch_of(config) or config.batch_size,
+        "micro_batch": micro or config.batch_size,
+        "micro_batch_requested": str(micro_batch.requested(config)),
         "seconds_per_step": round(dt, 4), "patches_per_s": round(config.batch_size / dt, 2),
         "gflop_per_step": round(flops / 1e9, 2), "achieved_gflops": round(flops / dt / 1e9, 2),
         "compile_s": round(compile_s, 2), "timed_steps": steps,

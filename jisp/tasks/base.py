@@ -183,6 +183,18 @@ class Task(abc.ABC):
            ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Scalar loss (mean over the global batch) and auxiliary scalar metrics."""
 
+  def draws(self, rng: jax.Array, batch: Batch) -> dict[str, jax.Array] | None:
+    """The loss's random draws for a whole batch, each with the batch as its leading axis,
+    such that `loss(params, batch, rng, draws=draws(rng, batch))` is `loss(params, batch,
+    rng)`. A train step split into micro-batches (config `micro_batch`) draws them once
+    for the whole batch and hands each micro-batch its rows, so splitting changes only the
+    summation order, not the result. {}: the loss draws nothing. None (the default): the
+    task cannot say ahead; its micro-batches then draw with keys of their own, and
+    `micro_batch = "auto"` keeps its batch whole.
+    """
+    del rng, batch
+    return None
+
   def eval_metrics(self, params: Params, batch: Batch, rng: jax.Array) -> dict[str, jax.Array]:
     """Scalar metrics on a held-out batch; the loop averages them over eval batches."""
     loss, aux = self.loss(params, batch, rng, train=False)

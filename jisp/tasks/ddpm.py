@@ -195,13 +195,21 @@ class DDPMTask(CameraPriorTask):
       cond = jnp.concatenate([cond, to_model_range(base)], axis=-1)
     return cond, base if prior_lib.is_residual(self.prior) else None
 
-  def loss(self, params, batch, rng, train=True):
+  def draws(self, rng, batch):
+    # The keys `loss` draws with: the same draws whether made here or inside the loss.
+    # Dropout masks (off in the paper configs) are drawn inside the network.
+    if float(self.config.model.get("dropout", 0.0)):
+      return None
+    _, l_rng = jax.random.split(rng)
+    return losses.draw(l_rng, batch["raw"].shape, self.schedule.num_timesteps)
+
+  def loss(self, params, batch, rng, train=True, draws=None):
     d_rng, l_rng = jax.random.split(rng)
     cond, base = self.condition(jnp.asarray(batch["rgb"], jnp.float32),
                                 prior_lib.from_batch(batch))
     x0 = to_model_range(batch["raw"]) if base is None else 2.0 * (batch["raw"] - base)
     loss = losses.conditional_loss(self.eps_fn(params, train, d_rng), self.schedule,
-                                   x0, cond, l_rng, self.prediction)
+                                   x0, cond, l_rng, self.prediction, draws)
     return loss, {}
 
   def eval_metrics(self, params, batch, rng):

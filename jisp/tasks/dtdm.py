@@ -240,9 +240,23 @@ class DTDMTask(Task):
     cond = self.conditions(w, c)
     return lambda m, t: apply(jnp.concatenate([m, cond], axis=-1), t)
 
-  def _loss_terms(self, params, batch, rng, train):
+  def draws(self, rng, batch):
+    # The estimate x is network-free, so it is made with the draws for the whole batch.
+    if float(self.config.model.get("dropout", 0.0)):
+      return None
+    _, x_rng, l_rng = jax.random.split(rng, 3)
+    y = batch[self.target_key]
+    d = (dtdm.draw(l_rng, y.shape, self.s) if self.process == "dtdm" else
+         losses.draw(l_rng, y.shape, self.schedule.num_timesteps))
+    return dict(d, x01=self.train_estimate(batch, x_rng))
+
+  def _loss_terms(self, params, batch, rng, train, draws=None):
     d_rng, x_rng, l_rng = jax.random.split(rng, 3)
-    x01 = jax.lax.stop_gradient(self.train_estimate(batch, x_rng))
+    if draws is not None:
+      draws = dict(draws)
+      x01 = jax.lax.stop_gradient(draws.pop("x01"))
+    else:
+      x01 = jax.lax.stop_gradient(self.train_estimate(batch, x_rng))
     y = to_model_range(batch[self.target_key])
     w = to_model_range(batch[self.cond_key])
     x = to_model_range(x01)
@@ -253,13 +267,13 @@ class DTDMTask(Task):
         rngs={"dropout": d_rng} if train else None)
     cond = self.conditions(w, x)
     if self.process == "dtdm":
-      value = dtdm.loss(f_cat, self.schedule, self.s, x, y, cond, l_rng)
+      value = dtdm.loss(f_cat, self.schedule, self.s, x, y, cond, l_rng, draws)
     else:
-      value = losses.conditional_eps_loss(f_cat, self.schedule, y, cond, l_rng)
+      value = losses.conditional_eps_loss(f_cat, self.schedule, y, cond, l_rng, draws)
     return value, x01
 
-  def loss(self, params, batch, rng, train=True):
-    value, _ = self._loss_terms(params, batch, rng, train)
+  def loss(self, params, batch, rng, train=True, draws=None):
+    value, _ = self._loss_terms(params, batch, rng, train, draws)
     return value, {}
 
   def eval_metrics(self, params, batch, rng):

@@ -84,8 +84,12 @@ class RegressionTask(CameraPriorTask):
     out = self.model.apply({"params": params}, net_in)
     return base + out if prior_lib.is_residual(self.prior) else out
 
-  def loss(self, params, batch, rng, train=True):
-    del rng, train
+  def draws(self, rng, batch):
+    del rng, batch
+    return {}
+
+  def loss(self, params, batch, rng, train=True, draws=None):
+    del rng, train, draws
     out = self.apply(params, batch[self.src], prior_lib.from_batch(batch))
     return jnp.mean(jnp.abs(out - batch[self.dst])), {}
 

@@ -159,7 +159,12 @@ class SSDNetTask(Task):
                                 self.protocol)
     return dict(out, mu=jnp.clip(base + out["mu"], 0.0, 1.0))
 
-  def _loss(self, out, x_gt, rng):
+  def draws(self, rng, batch):
+    if self.strategy != "train_resampling":
+      return {}
+    return {"z": jax.random.normal(rng, batch["raw"].shape, jnp.float32)}
+
+  def _loss(self, out, x_gt, rng, draws=None):
     """(loss, {"loss_mu": its mu term, "loss_sigma": its unweighted sigma term})."""
     s = self.soft
     clip = dict(clip_min=float(s.clip_min), clip_max=float(s.clip_max))
@@ -167,7 +172,8 @@ class SSDNetTask(Task):
       loss = ss.plain_loss(out["mu"], x_gt, **clip)
       return loss, {"loss_mu": loss}
     if self.strategy == "train_resampling":
-      z = jax.random.normal(rng, x_gt.shape, jnp.float32)
+      z = (jax.random.normal(rng, x_gt.shape, jnp.float32) if draws is None
+           else draws["z"])
       loss, parts = ss.train_resampling_loss(out["mu"], out["sigma"], x_gt, z, float(s.alpha),
                                              stop_grad_target=bool(s.stop_grad_target), **clip)
     else:
@@ -175,11 +181,11 @@ class SSDNetTask(Task):
                                             stop_grad_target=bool(s.stop_grad_target), **clip)
     return loss, {"loss_mu": parts["main"], "loss_sigma": parts["aux"]}
 
-  def loss(self, params, batch, rng, train=True):
+  def loss(self, params, batch, rng, train=True, draws=None):
     del train
     out = self.apply(params, batch["rgb"], sigma=self.has_sigma,
                      camera=prior_lib.from_batch(batch))
-    loss, aux = self._loss(out, batch["raw"], rng)
+    loss, aux = self._loss(out, batch["raw"], rng, draws)
     aux["l1"] = jnp.mean(jnp.abs(out["mu"] - batch["raw"]))
     return loss, aux
 

@@ -73,8 +73,12 @@ class UPITask(Task):
     m, wb = self._camera(params, x.shape[0], camera)
     return jnp.clip(jax.vmap(self._apply)(m, wb, x), 0.0, 1.0)
 
-  def loss(self, params, batch, rng, train=True):
-    del rng, train
+  def draws(self, rng, batch):
+    del rng, batch
+    return {}
+
+  def loss(self, params, batch, rng, train=True, draws=None):
+    del rng, train, draws
     out = jax.vmap(self._apply)(*self._camera(params, batch["rgb"].shape[0], None),
                                 batch["rgb"])
     return jnp.mean(jnp.square(out - batch["raw"])), {}

@@ -47,6 +47,7 @@ from jisp.core.errors import (ConfigError, NonFiniteLoss, RunError, UserError,
                               missing_config_key)
 from jisp.core.fileio import atomic_write_json, atomic_write_text
 from jisp.train import checkpoint, distributed, guard, optim, resume, runs, sources
+from jisp.train import micro_batch as micro_batch_lib
 from jisp.train import state as state_lib
 from jisp.train import workdir as workdir_lib
 from jisp.train.metrics_log import MetricsLog
@@ -60,34 +61,37 @@ def ema_update(ema, params, decay, step):
 
 def loss_and_grads(task, params, batch, rng, micro_batch: int = 0):
   """(loss, aux, grads) of the batch mean; with micro_batch, accumulated over strided
-  micro-batches of that many examples (models.microbatch), each with its own key.
+  micro-batches of that many examples (core.microbatch).
 
-  The mean over equal-sized micro-batches equals the batch mean, so only the random draws
-  differ from one whole-batch call; the working set shrinks to one micro-batch, which on
+  The mean over equal-sized micro-batches equals the batch mean. A task whose `draws`
+  says what its loss draws gets them made once for the whole batch, each micro-batch its
+  rows of them, so the result is the whole batch's up to summation order; any other draws
+  come from a key per micro-batch. The working set shrinks to one micro-batch, which on
   CPUs keeps it in cache (README "Speed").
   """
-  def one(prm, mb, key):
-    (loss, aux), grads = jax.value_and_grad(task.loss, has_aux=True)(prm, mb, key)
+  def one(prm, mb, key, draws):
+    kw = {} if draws is None else {"draws": draws}
+    (loss, aux), grads = jax.value_and_grad(task.loss, has_aux=True)(prm, mb, key, **kw)
     return loss, aux, grads
 
   b = jax.tree.leaves(batch)[0].shape[0]
   if not micro_batch or b <= micro_batch:
-    return one(params, batch, rng)
+    return one(params, batch, rng, None)
+  draws = task.draws(rng, batch) if hasattr(task, "draws") else None
   parts = jax.tree.map(lambda a: microbatch.split(a, micro_batch), batch)
+  draw_parts = None if draws is None else \
+      jax.tree.map(lambda a: microbatch.split(a, micro_batch), draws)
   # A Python loop, unrolled into the compiled step: the same loop as a rolled lax.scan ran
   # several times slower on XLA:CPU (README "Speed"); the price is compile time linear in
   # the number of micro-batches.
   total = None
   for i in range(b // micro_batch):
-    mb = jax.tree.map(lambda a: a[i], parts)
-    out = one(params, mb, jax.random.fold_in(rng, i))
+    pick = lambda a: a[i]  # noqa: E731
+    mb = jax.tree.map(pick, parts)
+    key = rng if draws is not None else jax.random.fold_in(rng, i)
+    out = one(params, mb, key, None if draws is None else jax.tree.map(pick, draw_parts))
     total = out if total is None else jax.tree.map(jnp.add, total, out)
   return jax.tree.map(lambda x: x / (b // micro_batch), total)
-
-
-def micro_batch_of(config) -> int:
-  """The config's micro_batch (0 = whole batch; configs saved before it existed lack it)."""
-  return int(config.get("micro_batch", 0) or 0)
 
 
 def make_train_step(task, tx, lr_fn, ema_decay, micro_batch: int = 0):
@@ -114,11 +118,15 @@ def make_eval_step(task):
   return eval_step
 
 
-def compile_train_step(task, tx, lr_fn, config, mesh, state_sharding):
+def compile_train_step(task, tx, lr_fn, config, mesh, state_sharding, micro_batch=None,
+                       params_shapes=None):
+  """The jitted train step; micro_batch: the resolved global micro-batch (None: the
+  config's, by `micro_batch_lib.resolve`, which traces the loss on `params_shapes`)."""
   batch_sh = jax.tree.map(lambda _: sharding.batch_sharding(mesh), task.batch_spec(config.batch_size))
   rep = sharding.replicated(mesh)
-  return jax.jit(make_train_step(task, tx, lr_fn, config.optim.ema_decay,
-                                 micro_batch_of(config)),
+  if micro_batch is None:
+    micro_batch = micro_batch_lib.resolve(task, config, mesh.size, params_shapes=params_shapes)
+  return jax.jit(make_train_step(task, tx, lr_fn, config.optim.ema_decay, micro_batch),
                  in_shardings=(state_sharding, batch_sh, rep),
                  out_shardings=(state_sharding, rep, rep),
                  donate_argnums=(0, 2))
@@ -153,15 +161,7 @@ def _make_mesh(config):
     raise ConfigError(f"bad value for config key 'mesh.fsdp': {e}") from None
 
 
-def check_micro_batch(config, n_dev: int) -> None:
-  """ConfigError unless micro_batch is 0 (off) or divides the global batch into parts
-  that split evenly over the devices."""
-  m = micro_batch_of(config)
-  if m == 0 or m >= config.batch_size:
-    return
-  if m < 0 or config.batch_size % m or m % n_dev:
-    raise ConfigError(f"bad value for config key 'micro_batch': {m} (must divide batch_size "
-                      f"{config.batch_size} and be a multiple of the {n_dev} devices)")
+check_micro_batch = micro_batch_lib.check
 
 
 # ------------------------------------------------------------------ host reads
@@ -420,6 +420,7 @@ def _train(config, workdir: str) -> dict:
   tx, lr_fn = optim.make_optimizer(config.optim, config.num_steps)
   state, state_sharding = init_state(task, tx, config, mesh)
   n_params = state_lib.param_count(state.params)
+  params_shapes = jax.eval_shape(lambda p: p, state.params)
   if is_main:
     print(f"jisp train: task={task.name} params={n_params:,} devices={n_dev} "
           f"processes={n_proc} global_batch={config.batch_size} workdir={workdir}",
@@ -484,7 +485,7 @@ def _train(config, workdir: str) -> dict:
         cur = st
         source, train_step, probe_step = _enter_stage(
             config, st, task, tx, lr_fn, mesh, state_sharding, data_state, step, is_main,
-            len(stages), eval_step)
+            len(stages), eval_step, params_shapes)
         data_state = None
       batch = sharding.to_global(source.next(), mesh)
       profiler.before(step)
@@ -611,7 +612,7 @@ def _raise_if_bad(g_host, last_good) -> None:
 
 
 def _enter_stage(config, st, task, tx, lr_fn, mesh, state_sharding, data_state, step,
-                 is_main, n_stages, eval_step):
+                 is_main, n_stages, eval_step, params_shapes=None):
   """(source, compiled step, eval step for the pre-save probe) for stage `st`, the source
   positioned for `step`. The first stage probes with the loop's eval step itself (same
   batch shape as evaluation: one program for both)."""
@@ -632,8 +633,13 @@ def _enter_stage(config, st, task, tx, lr_fn, mesh, state_sharding, data_state, 
           f"{st.batch}, steps {st.start + 1}-{st.end}", flush=True)
   probe_step = eval_step if st.index == 0 else distributed.Lockstep(
       jax.jit(make_eval_step(stage_task)), f"eval-stage{st.index}")
+  micro = micro_batch_lib.resolve(stage_task, cfg, mesh.size, params_shapes=params_shapes)
+  if is_main and micro:
+    how = "auto" if micro_batch_lib.requested(cfg) == micro_batch_lib.AUTO else "micro_batch"
+    print(f"jisp train: {cfg.batch_size // micro} micro-batches of {micro} examples per "
+          f"step ({how})", flush=True)
   step_fn = distributed.Lockstep(
-      compile_train_step(stage_task, tx, lr_fn, cfg, mesh, state_sharding),
+      compile_train_step(stage_task, tx, lr_fn, cfg, mesh, state_sharding, micro),
       f"train-stage{st.index}")
   return source, step_fn, probe_step
 
