@@ -8,11 +8,13 @@ import sys
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # Tests run tiny shapes, where XLA:CPU spends far longer compiling than running: LLVM
-# without its optimisation passes compiles several times faster (and the results are the
-# same to within the tests' tolerances). Every jax process of the suite gets them, the
-# in-process one (conftest) and the subprocesses (env below, and through the launch
-# scripts, which keep the caller's XLA_FLAGS).
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+# without its optimisation passes, XLA's older (elemental) fusion emitters and one LLVM
+# module per program compile several times faster (and the results are the same to within
+# the tests' tolerances). Every jax process of the suite gets them, the in-process one
+# (conftest) and the subprocesses (env below, and through the launch scripts, which keep
+# the caller's XLA_FLAGS).
+FAST_COMPILE = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
+                "--xla_cpu_use_fusion_emitters=false --xla_cpu_parallel_codegen_split_count=1")
 
 
 def xla_flags(devices: int) -> str:
