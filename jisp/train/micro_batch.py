@@ -24,8 +24,8 @@ from jisp.core.errors import ConfigError
 AUTO = "auto"
 
 # Forward-pass bytes (every intermediate, per jaxpr) one CPU device's micro-batch may hold.
-# Set from README's micro-batch sweeps of the paper U-Net at 64x64: its best was 2 patches
-# per device, and it holds a little over a quarter of this per patch.
+# Set from README's micro-batch sweeps of the paper U-Net at 64x64, whose best was 2
+# patches per device: two of its patches fit this, three do not.
 CPU_WORKING_SET = 640 * 2 ** 20
 
 # Each micro-batch is unrolled into the compiled step (a rolled loop ran slower on
