@@ -81,3 +81,33 @@ def test_profile_steps_writes_a_trace_of_those_steps(tmp_path):
   assert bad.returncode == 2
   err = bad.stderr.strip()
   assert "\n" not in err and "profile_steps" in err
+
+
+def test_vs_torch_medians_ratio_and_jisp_layout(tmp_path, monkeypatch):
+  """The summary of alternated rounds: per-tool medians, the faster peer, the ratio, and
+  the devices / micro-batch of jisp's best figure (the tools' own runs are not made here:
+  their JSON lines are given)."""
+  import json as json_lib
+  from jisp.experiments import vs_torch
+  for name in ("peer_torch.py", "peer_torch_train.py"):
+    (tmp_path / name).write_text("")
+  speeds = {"jisp": iter([2.0, 2.4]), "torch": iter([3.0, 3.2]), "compile": iter([2.5, 4.0])}
+
+  def lines(cmd):
+    tool = "jisp" if "jisp" in cmd else ("compile" if "--compile" in cmd else "torch")
+    s = next(speeds[tool])
+    if tool == "jisp":  # bench train: 1 device and 2 devices, the best counts
+      return [{"patches_per_s": s / 2, "devices": 1, "micro_batch": 4},
+              {"patches_per_s": s, "devices": 2, "micro_batch": 4}]
+    return [{"patches_per_s": s}]
+  monkeypatch.setattr(vs_torch, "_json_lines", lines)
+  out = []
+  (summary,) = vs_torch.compare(["train"], peer_dir=str(tmp_path),
+                                peer_python=str(tmp_path / "peer_torch.py"), emit=out.append)
+  assert summary["jisp"] == 2.2 and summary["torch"] == 3.1 and summary["torch.compile"] == 3.25
+  assert summary["faster_peer"] == "torch.compile" and summary["ratio"] == round(2.2 / 3.25, 3)
+  rounds = [json_lib.loads(x) for x in out[:-1]]
+  jisp = [r for r in rounds if r["tool"] == "jisp"]
+  assert [r["speed"] for r in jisp] == [2.0, 2.4]
+  assert all(r["devices"] == 2 and r["micro_batch"] == 4 for r in jisp)
+  assert all("devices" not in r for r in rounds if r["tool"] != "jisp")

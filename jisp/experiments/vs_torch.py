@@ -94,8 +94,10 @@ def compare(whats, *, peer_dir: str, peer_python: str, rounds: int = 2, batch: i
         rec = max(_json_lines(cmd), key=lambda x: speed_of(w, tool, x))
         s = speed_of(w, tool, rec)
         speeds.setdefault((w, b), {}).setdefault(tool, []).append(s)
+        # jisp's layout of its best figure: devices and (train) the micro-batch it ran
+        layout = {k: rec[k] for k in ("devices", "micro_batch") if tool == "jisp" and k in rec}
         emit(json.dumps({"bench": "vs_torch", "what": w, "tool": tool, "round": r,
-                         "batch": b, "speed": round(s, 3),
+                         "batch": b, "speed": round(s, 3), **layout,
                          "unit": "patches/s" if w == "train" else "patch-NFE/s"}))
   out = []
   for (w, b), by_tool in speeds.items():
