@@ -77,7 +77,7 @@ def test_train_step_micro_batches_accumulate_to_the_batch_mean():
 
 def test_micro_batch_config_check():
   import ml_collections
-  from jisp.train.loop import check_micro_batch
+  from jisp.train.micro_batch import check as check_micro_batch
   cfg = ml_collections.ConfigDict({"batch_size": 16, "micro_batch": 0})
   check_micro_batch(cfg, 8)
   for ok in (8, 16, 32):

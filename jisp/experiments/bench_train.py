@@ -56,7 +56,7 @@ def bench_train(config, steps: int = 5, emit=None, device_counts=None,
       print(f"jisp bench: skipping {n} devices: batch {config.batch_size} not divisible",
             file=sys.stderr)
       continue
-    loop.check_micro_batch(config, n)
+    micro_batch.check(config, n)
     mesh = sharding.make_mesh(n)
     state, state_sh = loop.init_state(task, tx, config, mesh)
     batch = _random_batch(task.batch_spec(config.batch_size), mesh)

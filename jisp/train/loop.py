@@ -118,14 +118,13 @@ def make_eval_step(task):
   return eval_step
 
 
-def compile_train_step(task, tx, lr_fn, config, mesh, state_sharding, micro_batch=None,
-                       params_shapes=None):
+def compile_train_step(task, tx, lr_fn, config, mesh, state_sharding, micro_batch=None):
   """The jitted train step; micro_batch: the resolved global micro-batch (None: the
-  config's, by `micro_batch_lib.resolve`, which traces the loss on `params_shapes`)."""
+  config's, by `micro_batch_lib.resolve`)."""
   batch_sh = jax.tree.map(lambda _: sharding.batch_sharding(mesh), task.batch_spec(config.batch_size))
   rep = sharding.replicated(mesh)
   if micro_batch is None:
-    micro_batch = micro_batch_lib.resolve(task, config, mesh.size, params_shapes=params_shapes)
+    micro_batch = micro_batch_lib.resolve(task, config, mesh.size)
   return jax.jit(make_train_step(task, tx, lr_fn, config.optim.ema_decay, micro_batch),
                  in_shardings=(state_sharding, batch_sh, rep),
                  out_shardings=(state_sharding, rep, rep),
@@ -159,9 +158,6 @@ def _make_mesh(config):
     return sharding.mesh_from_config(config)
   except ValueError as e:  # fsdp that does not divide the devices
     raise ConfigError(f"bad value for config key 'mesh.fsdp': {e}") from None
-
-
-check_micro_batch = micro_batch_lib.check
 
 
 # ------------------------------------------------------------------ host reads
@@ -365,7 +361,7 @@ def _check_layout(config, stages, n_dev, n_proc) -> None:
     if st.batch % n_proc:
       raise ConfigError(f"bad value for config key '{key}': {st.batch}{what} is not "
                         f"divisible by the {n_proc} processes")
-    check_micro_batch(cfg, n_dev)
+    micro_batch_lib.check(cfg, n_dev)
 
 
 def _build_task(config):
