@@ -82,6 +82,19 @@ def test_zero_network_is_upi_with_the_given_camera(name, cameras):
   np.testing.assert_allclose(outs[1] - outs[0], upi_move, atol=4e-6)
 
 
+@pytest.mark.parametrize("sampler", ["ddim", "dpm_solver"])
+def test_zero_x0_predicting_ddpm_is_upi_from_any_start_noise(sampler, cameras):
+  """prediction=x0 over a residual prior: the zero network's x0 is zero at every step, so
+  the sample is UPI whatever noise it starts from (eps- and v-networks need zero noise)."""
+  task = get_task(load("ddpm_tiny.py:prior=residual,prediction=x0", SMALL_UNET))
+  opts = PredictOptions(sampler=sampler, steps=4, **({"eta": 0.0} if sampler == "ddim" else {}))
+  pred = PatchPredictor(task, _zero(task), opts, max_batch=4, devices=2)
+  x = _rgb()
+  noise = np.asarray(jax.random.normal(jax.random.PRNGKey(3), x.shape), np.float32)
+  out = pred(x, noise, jax.random.PRNGKey(0), camera=cameras[2][1])
+  np.testing.assert_allclose(out, prior.rgb_to_raw(x, cameras[2][1]), atol=2e-6)
+
+
 def test_eval_gives_the_network_each_test_files_own_camera(cameras):
   """`jisp eval`'s library path: a zero residual net scores exactly as UPI with each file's
   own metadata (both get the file's camera; neither falls back to its default)."""

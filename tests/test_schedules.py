@@ -104,3 +104,21 @@ def test_v_prediction_oracle_has_zero_loss_and_maps_back_to_the_true_eps():
   eps_fn = losses.as_eps_fn(lambda x, tt: v_oracle(jnp.concatenate([x, cond], -1), tt.astype(jnp.int32)),
                             s, "v", lambda tt: jnp.asarray(s.alpha_bars, jnp.float32)[tt.astype(jnp.int32)])
   np.testing.assert_allclose(np.asarray(eps_fn(xt, t.astype(jnp.float32))), np.asarray(noise), atol=2e-4)
+
+
+def test_x0_prediction_oracle_has_zero_loss_and_maps_back_to_the_true_eps():
+  s = schedules.linear_ldm()
+  x0 = jax.random.uniform(jax.random.PRNGKey(0), (4, 8, 8, 3)) * 2 - 1
+  cond = jnp.zeros_like(x0)
+  oracle = lambda net_in, t: x0
+  assert float(losses.conditional_loss(oracle, s, x0, cond, jax.random.PRNGKey(5), "x0")) == 0.0
+  zero = lambda net_in, t: jnp.zeros_like(x0)
+  np.testing.assert_allclose(float(losses.conditional_loss(zero, s, x0, cond, jax.random.PRNGKey(5), "x0")),
+                             float(jnp.mean(x0 ** 2)), rtol=1e-6)
+  t = jnp.array([1, 10, 500, 1000])
+  noise = jax.random.normal(jax.random.PRNGKey(1), x0.shape)
+  xt = schedules.q_sample(s, x0, t, noise)
+  eps_fn = losses.as_eps_fn(lambda x, tt: oracle(None, tt), s, "x0",
+                            lambda tt: jnp.asarray(s.alpha_bars, jnp.float32)[tt.astype(jnp.int32)])
+  # at t=1, sqrt(1 - abar) ~ 0.04 scales float32 rounding of x_t up by 25
+  np.testing.assert_allclose(np.asarray(eps_fn(xt, t.astype(jnp.float32))), np.asarray(noise), atol=2e-5 * 25)

@@ -25,6 +25,8 @@ ablations and the other switches without one file each:
   prediction=v         v-prediction (Salimans & Ho) instead of epsilon: not in the paper;
                        jisp's finding is that eps needs far longer training before sampling
                        from pure noise works on this task (README, "eps vs v")
+  prediction=x0        the network predicts x0 itself (with a residual prior: a zero
+                       network returns UPI)
 """
 import ml_collections
 

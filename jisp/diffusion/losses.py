@@ -1,4 +1,4 @@
-"""Training objectives for conditional diffusion (epsilon or v parametrisation)."""
+"""Training objectives for conditional diffusion (epsilon, v or x0 parametrisation)."""
 from __future__ import annotations
 
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 
 from jisp.diffusion import schedules
 
-PREDICTIONS = ("eps", "v")
+PREDICTIONS = ("eps", "v", "x0")
 
 
 def sample_timesteps(rng, batch: int, num_timesteps: int) -> jnp.ndarray:
@@ -35,7 +35,10 @@ def conditional_loss(net_fn, schedule: schedules.Schedule, x0, cond, rng, predic
   prediction="eps": target eps (the DDPM-for-ISP paper's Eq. 6). prediction="v": target
   v = sqrt(abar) eps - sqrt(1-abar) x0 (Salimans & Ho 2022), which keeps the x0 implied by
   the network accurate at large t, where eps-prediction amplifies its error by
-  1/sqrt(abar_t). The mean is over every element, so the value does not depend on how the
+  1/sqrt(abar_t). prediction="x0": target x0 itself, so a network that outputs zero
+  predicts x0 = 0 at every t (for a run that diffuses a residual over an estimate, that is
+  the estimate) and an undertrained one still regresses E[x0 | condition] at large t.
+  The mean is over every element, so the value does not depend on how the
   batch is split across devices. draws: `draw(rng, x0.shape, T)` made beforehand (rows of
   a larger batch's draws when the batch is a micro-batch); drawn from rng when None.
   """
@@ -48,6 +51,8 @@ def conditional_loss(net_fn, schedule: schedules.Schedule, x0, cond, rng, predic
   elif prediction == "v":
     a, s = _coefs(schedule, t, x0.ndim)
     target = a * noise - s * x0
+  elif prediction == "x0":
+    target = x0
   else:
     raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
   return jnp.mean(jnp.square(out - target))
@@ -61,11 +66,12 @@ def as_eps_fn(net_fn, schedule, prediction: str, alpha_bar_fn):
   """An eps(x_t, t) view of a network trained with `prediction`, for the samplers.
 
   alpha_bar_fn(t) gives abar at (possibly fractional) t, as the samplers interpolate it.
-  v = a eps - s x0 and x_t = a x0 + s eps give eps = s x_t + a v.
+  v = a eps - s x0 and x_t = a x0 + s eps give eps = s x_t + a v; an x0-prediction gives
+  eps = (x_t - a x0) / s, which the samplers turn back into exactly that x0.
   """
   if prediction == "eps":
     return net_fn
-  if prediction != "v":
+  if prediction not in PREDICTIONS:
     raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
 
   def eps_fn(x, t):
@@ -73,5 +79,7 @@ def as_eps_fn(net_fn, schedule, prediction: str, alpha_bar_fn):
     shape = (-1,) + (1,) * (x.ndim - 1)
     a = jnp.sqrt(ab).reshape(shape)
     s = jnp.sqrt(1.0 - ab).reshape(shape)
-    return s * x + a * net_fn(x, t)
+    if prediction == "v":
+      return s * x + a * net_fn(x, t)
+    return (x - a * net_fn(x, t)) / s
   return eps_fn

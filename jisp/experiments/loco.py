@@ -36,7 +36,7 @@ from jisp.core.fileio import atomic_write_json, atomic_write_text
 METHODS = {
     "regression": ("regression_rgb2raw_tiny.py:prior=both", [], []),
     "ssdnet": ("ssdnet_tiny.py:prior=residual", ["--config.stages=()"], []),
-    "ddpm": ("ddpm_tiny.py:prior=both", [],
+    "ddpm": ("ddpm_tiny.py:prior=both,prediction=x0", [],
              ["--sampler", "dpm_solver", "--steps", "10"]),
     "dtdm": ("dtdm_rgb2raw_tiny.py", ["--config.dtdm.upi_profile=camera"],
              ["--steps", "10"]),

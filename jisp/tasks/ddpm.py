@@ -1,4 +1,4 @@
-"""Conditional DDPM for sRGB -> RAW (epsilon or v prediction, RGB concatenated to x_t).
+"""Conditional DDPM for sRGB -> RAW (epsilon, v or x0 prediction, RGB concatenated to x_t).
 
 `prior.mode` (jisp.isp.prior) makes the target camera an input: UPI's RAW estimate with
 the camera's own matrix and white balance is an extra condition ("input": concat[x_t, rgb,
