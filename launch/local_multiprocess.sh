@@ -9,7 +9,9 @@
 # only the device count is replaced.
 # If any process fails or is lost, the others are stopped (they could only hang on the
 # collective until jax.distributed's heartbeat gives up) and the script exits with that
-# process's status, after one line naming it. Checkpoints already written stay valid:
+# process's status, after one line naming it; a process still running JISP_STOP_GRACE
+# seconds (default 10) after being told to stop is killed: without its peer it can only
+# wait on a collective until the heartbeat times out. Checkpoints already written stay valid:
 # re-run the same command to resume. Ctrl-C / SIGTERM reach every process as the same
 # signal: they agree on a step, save it and exit (130 / 0). A process that never starts
 # is named by process 0 after JISP_STARTUP_TIMEOUT seconds (default 300).
@@ -27,7 +29,17 @@ OTHER_XLA_FLAGS=$(sed -E 's/--xla_force_host_platform_device_count=[^ ]*//g' <<<
 
 declare -A index_of
 pids=()
+GRACE=${JISP_STOP_GRACE:-10}
 stop_all() { for p in "${pids[@]}"; do kill "-${1:-TERM}" "$p" 2>/dev/null || true; done; }
+any_alive() { [[ -n "$(jobs -rp)" ]]; }  # running children (exited ones are not)
+# After a lost process: TERM the others, and KILL those still there after the grace.
+stop_after_loss() {
+  stop_all TERM
+  local waited=0
+  while any_alive && (( waited < GRACE * 10 )); do sleep 0.1; waited=$((waited + 1)); done
+  any_alive && stop_all KILL
+  wait
+}
 trap 'stop_all INT; wait; exit 130' INT
 trap 'stop_all TERM; wait; exit 143' TERM
 
@@ -47,8 +59,7 @@ while (( remaining > 0 )); do
   remaining=$((remaining - 1))
   if (( rc != 0 )); then
     echo "local_multiprocess: process ${index_of[$done_pid]} (pid $done_pid) exited with status $rc; stopping the other processes" >&2
-    stop_all
-    wait
+    stop_after_loss
     exit "$rc"
   fi
 done

@@ -119,7 +119,7 @@ def test_lost_peer_stops_the_run_with_one_line_and_keeps_checkpoints(tmp_path):
   proc = subprocess.Popen(
       ["bash", "launch/local_multiprocess.sh", "2", CFG, str(wd), *MICRO,
        "--config.num_steps=10000", "--config.log_every=1", "--config.checkpoint_every=2"],
-      env=env(2, JISP_PYTHON=os.sys.executable, JISP_DEVICES_PER_PROCESS=1),
+      env=env(2, JISP_PYTHON=os.sys.executable, JISP_DEVICES_PER_PROCESS=1, JISP_STOP_GRACE=2),
       cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   t0 = time.time()  # wait until a checkpoint is complete (Orbax renames it into place)
   while not any(p.name.isdigit() for p in (wd / "checkpoints").glob("*")) if (wd / "checkpoints").exists() else True:
@@ -131,8 +131,12 @@ def test_lost_peer_stops_the_run_with_one_line_and_keeps_checkpoints(tmp_path):
   assert victims
   for pid in victims:
     os.kill(pid, signal.SIGKILL)
+  t_kill = time.time()
   _, err = proc.communicate(timeout=300)
   assert proc.returncode != 0
+  # process 0, stuck on a collective with its dead peer, is killed after the 2 s grace
+  # rather than left to jax.distributed's heartbeat timeout (100 s)
+  assert time.time() - t_kill < 60
   lines = [l for l in err.splitlines() if l.startswith("local_multiprocess:")]
   assert len(lines) == 1 and "process 1" in lines[0] and "stopping the other processes" in lines[0]
   kept = sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit())

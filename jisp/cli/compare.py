@@ -88,8 +88,8 @@ def _leave_one_camera_out(args) -> int:
                       "--baseline (UPI is always in its table)")
   methods = args.loco_methods.split(",") if args.loco_methods else None
   for m in methods or ():
-    if m not in loco.METHODS:
-      raise OptionError(f"--loco-methods {m!r}: expected a subset of {','.join(loco.METHODS)}")
+    if m not in loco.KNOWN:
+      raise OptionError(f"--loco-methods {m!r}: expected a subset of {','.join(loco.KNOWN)}")
   results = loco.run(args.data, args.out, args.cpu_seconds, methods=methods,
                      log=(lambda m: None) if args.json else (lambda m: print(m, flush=True)))
   print(json.dumps(results) if args.json else loco.markdown(results), flush=True)

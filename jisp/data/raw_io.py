@@ -400,6 +400,26 @@ def _capture_from(raw, path: Path) -> Capture:
 
 # --------------------------------------------------------------------------- rendering
 
+# LibRaw's adjust_maximum_thr default (rawpy's too): see render_maximum.
+ADJUST_MAXIMUM = 0.75
+
+
+def render_maximum(cap: Capture) -> tuple[float, float]:
+  """(the file's white level above black, the white LibRaw's render scales to).
+
+  LibRaw's adjust_maximum: when the data's own maximum (above black) lies between 0.75 and
+  1 of the white level, the render takes it as white, so the sRGB is brighter than the
+  metadata says by the ratio of the two. No camera metadata records that factor; it is
+  1 when the data clips or stays below 0.75 of white.
+  """
+  h, w = cap.mosaic.shape
+  black = np.asarray(cap.black_level, np.float64).reshape(2, 2)
+  data_max = float(np.max(np.maximum(
+      cap.mosaic.astype(np.float64) - np.tile(black, (h // 2, w // 2)), 0.0)))
+  maximum = float(cap.white_level) - float(black.max())
+  return maximum, (data_max if ADJUST_MAXIMUM * maximum < data_max < maximum else maximum)
+
+
 def render_srgb(src: Union[str, os.PathLike, Capture], *, oriented: bool = True,
                 gamma=(2.222, 4.5)) -> np.ndarray:
   """LibRaw's 8-bit sRGB render of a capture, pixel-aligned with `Capture.mosaic`.

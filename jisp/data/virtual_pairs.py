@@ -47,7 +47,7 @@ from jisp.core.camera import (PROTOCOL_GAMMA, SRGB_TO_XYZ, XYZ_TO_SRGB, CameraPr
                               camera_features)
 from jisp.core.errors import ConfigError
 from jisp.core.images import jpeg_roundtrip
-from jisp.data import pairs, virtual_camera
+from jisp.data import pairs, raw_io, virtual_camera
 from jisp.data.indexed_source import IndexedBatchSource
 from jisp.data.raw_io import Capture, rgb_cam_from_color_matrix
 from jisp.isp import bayer, tone
@@ -70,7 +70,6 @@ WHITE_FRACTION = (0.85, 1.0)  # half the cameras clip below 2^bits - 1 (e.g. 150
 EXPOSURE_RANGE = (0.5, 1.5)   # log-uniform scale of the linear signal (> 1 clips more)
 SCALE_RANGE = (0.5, 2.0)      # log-uniform photo scale (< 1 denser detail, > 1 smoother)
 MARGIN = 8                    # extra pixels each side of a patch: demosaic, JPEG phase
-ADJUST_MAXIMUM = 0.75         # LibRaw's adjust_maximum_thr default (rawpy's too)
 
 PIX_GAMMA = (2.222, 4.5)      # raw_io.render_srgb's LibRaw gamma
 
@@ -210,10 +209,7 @@ def render_srgb(cap: Capture, demosaic: str = "mhc") -> np.ndarray:
   h, w = cap.mosaic.shape
   black = np.asarray(cap.black_level, np.float64).reshape(2, 2)
   x = np.maximum(cap.mosaic.astype(np.float64) - np.tile(black, (h // 2, w // 2)), 0.0)
-  maximum = float(cap.white_level) - float(black.max())
-  data_max = float(x.max())
-  if ADJUST_MAXIMUM * maximum < data_max < maximum:
-    maximum = data_max  # LibRaw's adjust_maximum: the data's own maximum becomes white
+  _, maximum = raw_io.render_maximum(cap)  # LibRaw's adjust_maximum included
   wb = np.asarray(cap.wb, np.float64)
   gains = wb / wb.min()
   site_gain = np.tile(gains[bayer.channel_index(cap.pattern)], (h // 2, w // 2))

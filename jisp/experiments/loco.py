@@ -41,6 +41,12 @@ METHODS = {
     "dtdm": ("dtdm_rgb2raw_tiny.py", ["--config.dtdm.upi_profile=camera"],
              ["--steps", "10"]),
 }
+# Run only when named (--methods): the DDPM as it was trained before x0-prediction
+# (v-prediction over the same residual prior), to measure what that choice is worth.
+ABLATIONS = {
+    "ddpm_v": ("ddpm_tiny.py:prior=both", [], ["--sampler", "dpm_solver", "--steps", "10"]),
+}
+KNOWN = {**METHODS, **ABLATIONS}
 CALIBRATION_STEPS = (5, 45)
 PATCH = 64
 
@@ -125,13 +131,17 @@ def evaluate(args, out: pathlib.Path) -> dict:
 def run(raw_dir, workdir, cpu_seconds: float, *, methods=None, cameras=None,
         virtual_ratio: float = 0.5, log=print) -> dict:
   from jisp.data import prepare
+  names = methods or list(METHODS)
+  unknown = [m for m in names if m not in KNOWN]
+  if unknown:
+    from jisp.core.errors import OptionError
+    raise OptionError(f"--methods {','.join(unknown)}: expected a subset of {','.join(KNOWN)}")
   wd = pathlib.Path(workdir).resolve()
   groups = cameras_of(raw_dir)
   if len(groups) < 2:
     from jisp.core.errors import DataError
     raise DataError(f"{raw_dir}: leave-one-camera-out needs RAW files of 2 or more cameras, "
                     f"found {sorted(groups) or 'none'}")
-  names = methods or list(METHODS)
   results: dict = {"raw_dir": str(raw_dir), "cpu_seconds": cpu_seconds,
                    "cpu_count": os.cpu_count(), "virtual_ratio": virtual_ratio,
                    "cameras": {}}
@@ -158,7 +168,7 @@ def run(raw_dir, workdir, cpu_seconds: float, *, methods=None, cameras=None,
     for name in names:
       if name in entry["methods"]:
         continue
-      config, overrides, eval_opts = METHODS[name]
+      config, overrides, eval_opts = KNOWN[name]
       common = [f"--config.data.dir={data}", "--config.data.source=mixed",
                 f"--config.data.virtual_ratio={virtual_ratio}"]
       log(f"loco: held out {cam}: training {name}")
@@ -213,7 +223,8 @@ def main(argv=None) -> int:
   ap.add_argument("--workdir", required=True)
   ap.add_argument("--cpu-seconds", type=float, default=300.0)
   ap.add_argument("--methods", default=None, help=f"comma-separated subset of "
-                                                  f"{','.join(METHODS)}")
+                                                  f"{','.join(KNOWN)} (default: "
+                                                  f"{','.join(METHODS)})")
   ap.add_argument("--cameras", default=None, help="comma-separated parts of camera names "
                                                   "to hold out (default: every camera)")
   ap.add_argument("--virtual-ratio", type=float, default=0.5)

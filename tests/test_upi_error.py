@@ -1,0 +1,38 @@
+"""The UPI error breakdown on the real files: the 550D's render is brightened by LibRaw's
+adjust_maximum, which a per-channel gain recovers and no metadata says."""
+import json
+
+import pytest
+
+from jisp.data import raw_io
+from jisp.experiments import upi_error
+
+
+def test_render_maximum_follows_libraws_adjust_maximum(raw_dir):
+  """The factor is LibRaw's own: its 16-bit camera-space render with adjust_maximum on,
+  over the same render with it off."""
+  import numpy as np
+  import rawpy
+  for path in sorted(raw_dir.iterdir()):
+    if path.suffix.lower() not in (".dng", ".crw", ".nef"):
+      continue
+    white, render_white = raw_io.render_maximum(raw_io.read_capture(path))
+    kw = dict(no_auto_bright=True, output_bps=16, half_size=True, user_flip=0, gamma=(1, 1),
+              output_color=rawpy.ColorSpace.raw, user_wb=[1.0, 1.0, 1.0, 1.0])
+    with rawpy.imread(str(path)) as r:
+      on = r.postprocess(**kw).astype(np.float64)
+    with rawpy.imread(str(path)) as r:
+      off = r.postprocess(adjust_maximum_thr=0.0, **kw).astype(np.float64)
+    m = (on < 60000) & (off > 1000)
+    np.testing.assert_allclose(np.median(on[m] / off[m]), white / render_white, rtol=2e-3)
+
+
+def test_the_550d_error_is_mostly_a_global_gain(raw_dir, capsys):
+  dng = raw_dir / "canon_eos_550d_magiclantern_colorchart.dng"
+  if not dng.is_file():
+    pytest.skip(f"{dng} missing")
+  assert upi_error.main([str(dng), "--json"]) == 0
+  r = json.loads(capsys.readouterr().out)
+  assert r["render_gain"] > 1.2             # data max 12128 of white 15000, black 2056
+  assert all(g < 0.95 for g in r["gain_fit"])   # UPI's estimate too bright on every channel
+  assert r["gain_fit_psnr"] > r["upi_psnr"] + 3.0
