@@ -43,7 +43,7 @@ def test_paper_config_matches_the_paper():
     ("ddpm_fivek.py:nress=2", "unknown config argument 'nress' (did you mean 'nres'?)"),
     ("ddpm_fivek.py:nres=two", "bad value for config key 'argument nres': 'two'"),
     ("ddpm_fivek.py:schedule=cosine", "schedule must be linear_ldm, beta_linear or ddpm"),
-    ("ddpm_tiny.py:x=1", "unknown config argument 'x' (known: prior)"),
+    ("ddpm_tiny.py:x=1", "unknown config argument 'x' (known: prior, prediction)"),
     ("configs/ddpm_fivek_nres2.py:base=32", "takes no argument"),
     ("nosuch.py", "config file not found: nosuch.py"),
 ])
