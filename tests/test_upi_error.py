@@ -36,3 +36,15 @@ def test_the_550d_error_is_mostly_a_global_gain(raw_dir, capsys):
   assert r["render_gain"] > 1.2             # data max 12128 of white 15000, black 2056
   assert all(g < 0.95 for g in r["gain_fit"])   # UPI's estimate too bright on every channel
   assert r["gain_fit_psnr"] > r["upi_psnr"] + 3.0
+
+
+def test_the_d30s_error_is_mostly_upis_tone_model(raw_dir, capsys):
+  """UPI assumes Brooks et al.'s smoothstep and gamma 2.2; LibRaw rendered the D30 with its
+  BT.709-style curve and no tone curve: inverting that instead removes most of the error."""
+  crw = raw_dir / "canon_eos_d30_rawsamples.crw"
+  if not crw.is_file():
+    pytest.skip(f"{crw} missing")
+  assert upi_error.main([str(crw), "--json"]) == 0
+  r = json.loads(capsys.readouterr().out)
+  assert r["render_gain"] < 1.01
+  assert r["exact_tone_psnr"] > r["upi_psnr"] + 3.0

@@ -137,7 +137,7 @@ def random_camera(rng: np.random.Generator, pool: np.ndarray) -> VirtualCamera:
 
 # --------------------------------------------------------------------------- render
 
-def _gamma_table(power: float, slope: float) -> np.ndarray:
+def gamma_table(power: float, slope: float) -> np.ndarray:
   """LibRaw's (dcraw's) gamma curve as a 16-bit table: a power law with a linear toe of
   the given slope, the join found by bisection so value and slope are continuous."""
   g0, g1 = 1.0 / power, slope
@@ -156,7 +156,7 @@ def _gamma_table(power: float, slope: float) -> np.ndarray:
   return np.minimum(np.floor(0x10000 * curve), 0xFFFF).astype(np.int64)
 
 
-_CURVE = _gamma_table(*PIX_GAMMA)
+_CURVE = gamma_table(*PIX_GAMMA)
 
 
 @functools.partial(jax.jit, static_argnums=1)

@@ -11,6 +11,10 @@ trip, and the RAW target) and UPI's estimate with the file's own camera metadata
   gain_fit_psnr      RAW PSNR after the best single gain per channel (least squares):
                      the part of the error that is a global exposure / white-balance
                      mismatch rather than something local
+  exact_tone_psnr    RAW PSNR of UPI with the render's own tone inverted instead of UPI's
+                     model (Brooks et al.'s smoothstep and gamma 2.2): LibRaw's BT.709-style
+                     curve and no tone curve, which is what a network can learn from any
+                     camera
   render_gain        the factor LibRaw's render brightened the linear signal by beyond the
                      metadata (its adjust_maximum, `raw_io.render_maximum`); no camera
                      metadata records it, so neither UPI nor a network trained on other
@@ -39,6 +43,16 @@ def analyse(path, protocol: str = "invisp") -> dict:
   clipped = (rgb.max(-1) >= 254.5 / 255) | (rgb.min(-1) <= 0.5 / 255)
   flat_e, flat_t = est.reshape(-1, 3).astype(np.float64), raw.reshape(-1, 3).astype(np.float64)
   gain = (flat_e * flat_t).sum(0) / np.maximum((flat_e * flat_e).sum(0), 1e-12)
+  # the render's curve inverted (8-bit code -> linear), then UPI's colour and white balance
+  from jisp.core.camera import PROTOCOL_GAMMA
+  from jisp.data import virtual_pairs
+  from jisp.isp import tone
+  table = virtual_pairs.gamma_table(*virtual_pairs.PIX_GAMMA) / 65536.0
+  lin = np.interp(rgb.astype(np.float64), table, np.arange(table.size) / 65536.0)
+  m, wb = (np.asarray(pair["camera"][k], np.float64) for k in ("rgb2cam", "wb"))
+  x = np.clip(lin @ m.T / wb, 0.0, 1.0) * (wb / wb.max())
+  exact = x if PROTOCOL_GAMMA[protocol] is None else np.asarray(
+      tone.gamma_compress(x.astype(np.float32), PROTOCOL_GAMMA[protocol]))
   cap = raw_io.read_capture(path)
   white, render_white = raw_io.render_maximum(cap)
   return {"file": str(path), "protocol": protocol, "camera": cap.camera,
@@ -49,6 +63,7 @@ def analyse(path, protocol: str = "invisp") -> dict:
           "clipped_share": round(float(sq[clipped].sum() / max(sq.sum(), 1e-30)), 4),
           "gain_fit": [round(float(g), 4) for g in gain],
           "gain_fit_psnr": round(float(psnr(flat_e * gain, flat_t)), 3),
+          "exact_tone_psnr": round(float(psnr(exact, raw)), 3),
           "render_gain": round(white / render_white, 4)}
 
 
@@ -64,7 +79,8 @@ def main(argv=None) -> int:
       print(json.dumps(r))
     else:
       print(f"{r['camera']}: UPI {r['upi_psnr']:.2f} dB; best per-channel gains "
-            f"{r['gain_fit']} -> {r['gain_fit_psnr']:.2f} dB; clipped pixels "
+            f"{r['gain_fit']} -> {r['gain_fit_psnr']:.2f} dB; with the render's own tone "
+            f"{r['exact_tone_psnr']:.2f} dB; clipped pixels "
             f"{r['clipped_pixels']:.1%} carry {r['clipped_share']:.1%} of the squared error; "
             f"LibRaw brightened the render x{r['render_gain']:.3f} beyond the metadata")
   return 0
