@@ -48,3 +48,11 @@ def test_the_d30s_error_is_mostly_upis_tone_model(raw_dir, capsys):
   r = json.loads(capsys.readouterr().out)
   assert r["render_gain"] < 1.01
   assert r["exact_tone_psnr"] > r["upi_psnr"] + 3.0
+
+
+def test_a_file_that_is_not_raw_is_one_line_naming_it(tmp_path, capsys):
+  bad = tmp_path / "photo.nef"
+  bad.write_bytes(b"not a raw file" * 100)
+  assert upi_error.main([str(bad)]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("upi_error: error:") and "photo.nef" in err[0]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import numpy as np
 
@@ -32,9 +33,10 @@ from jisp.core.metrics import psnr
 
 
 def analyse(path, protocol: str = "invisp") -> dict:
-  from jisp.data import raw_io
+  from jisp.core.camera import PROTOCOL_GAMMA
+  from jisp.data import raw_io, virtual_pairs
   from jisp.infer import evaluate
-  from jisp.isp import prior
+  from jisp.isp import prior, tone
   pair = evaluate.load_pair(path, protocol)
   rgb, raw = pair["rgb"], pair["raw"]
   est = np.asarray(prior.rgb_to_raw(rgb[None], pair["camera"], protocol))[0]
@@ -44,9 +46,6 @@ def analyse(path, protocol: str = "invisp") -> dict:
   flat_e, flat_t = est.reshape(-1, 3).astype(np.float64), raw.reshape(-1, 3).astype(np.float64)
   gain = (flat_e * flat_t).sum(0) / np.maximum((flat_e * flat_e).sum(0), 1e-12)
   # the render's curve inverted (8-bit code -> linear), then UPI's colour and white balance
-  from jisp.core.camera import PROTOCOL_GAMMA
-  from jisp.data import virtual_pairs
-  from jisp.isp import tone
   table = virtual_pairs.gamma_table(*virtual_pairs.PIX_GAMMA) / 65536.0
   lin = np.interp(rgb.astype(np.float64), table, np.arange(table.size) / 65536.0)
   m, wb = (np.asarray(pair["camera"][k], np.float64) for k in ("rgb2cam", "wb"))
@@ -73,8 +72,14 @@ def main(argv=None) -> int:
   ap.add_argument("--protocol", default="invisp")
   ap.add_argument("--json", action="store_true")
   args = ap.parse_args(argv)
+  from jisp.core.errors import UserError
   for f in args.files:
-    r = analyse(f, args.protocol)
+    try:
+      r = analyse(f, args.protocol)
+    except (OSError, UserError) as e:
+      print(f"upi_error: error: {f}: {e}" if str(f) not in str(e) else f"upi_error: error: {e}",
+            file=sys.stderr)
+      return 2
     if args.json:
       print(json.dumps(r))
     else:
