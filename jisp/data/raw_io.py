@@ -414,10 +414,14 @@ def render_maximum(cap: Capture) -> tuple[float, float]:
   """
   h, w = cap.mosaic.shape
   black = np.asarray(cap.black_level, np.float64).reshape(2, 2)
-  data_max = float(np.max(np.maximum(
-      cap.mosaic.astype(np.float64) - np.tile(black, (h // 2, w // 2)), 0.0)))
+  data_max = float(np.max(cap.mosaic.astype(np.float64) - np.tile(black, (h // 2, w // 2))))
   maximum = float(cap.white_level) - float(black.max())
-  return maximum, (data_max if ADJUST_MAXIMUM * maximum < data_max < maximum else maximum)
+  return maximum, adjusted_white(maximum, data_max)
+
+
+def adjusted_white(maximum: float, data_max: float) -> float:
+  """LibRaw's adjust_maximum rule on levels above black (see render_maximum)."""
+  return data_max if ADJUST_MAXIMUM * maximum < data_max < maximum else maximum
 
 
 def render_srgb(src: Union[str, os.PathLike, Capture], *, oriented: bool = True,

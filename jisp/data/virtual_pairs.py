@@ -209,7 +209,8 @@ def render_srgb(cap: Capture, demosaic: str = "mhc") -> np.ndarray:
   h, w = cap.mosaic.shape
   black = np.asarray(cap.black_level, np.float64).reshape(2, 2)
   x = np.maximum(cap.mosaic.astype(np.float64) - np.tile(black, (h // 2, w // 2)), 0.0)
-  _, maximum = raw_io.render_maximum(cap)  # LibRaw's adjust_maximum included
+  # LibRaw's adjust_maximum: the data's own maximum may become white
+  maximum = raw_io.adjusted_white(float(cap.white_level) - float(black.max()), float(x.max()))
   wb = np.asarray(cap.wb, np.float64)
   gains = wb / wb.min()
   site_gain = np.tile(gains[bayer.channel_index(cap.pattern)], (h // 2, w // 2))

@@ -33,7 +33,7 @@ from jisp.core.metrics import psnr
 
 
 def analyse(path, protocol: str = "invisp") -> dict:
-  from jisp.core.camera import PROTOCOL_GAMMA
+  from jisp.core.camera import PROTOCOL_GAMMA, target_gains
   from jisp.data import raw_io, virtual_pairs
   from jisp.infer import evaluate
   from jisp.isp import prior, tone
@@ -49,7 +49,7 @@ def analyse(path, protocol: str = "invisp") -> dict:
   table = virtual_pairs.gamma_table(*virtual_pairs.PIX_GAMMA) / 65536.0
   lin = np.interp(rgb.astype(np.float64), table, np.arange(table.size) / 65536.0)
   m, wb = (np.asarray(pair["camera"][k], np.float64) for k in ("rgb2cam", "wb"))
-  x = np.clip(lin @ m.T / wb, 0.0, 1.0) * (wb / wb.max())
+  x = np.clip(lin @ m.T / wb, 0.0, 1.0) * target_gains(wb)
   exact = x if PROTOCOL_GAMMA[protocol] is None else np.asarray(
       tone.gamma_compress(x.astype(np.float32), PROTOCOL_GAMMA[protocol]))
   cap = raw_io.read_capture(path)
