@@ -99,7 +99,7 @@ def test_real_raw_targets_are_exact(real_crops, name):
   assert linear.max() <= 1.0
   meta = pairs.make_pair(cap, srgb, "linear")["meta"]
   np.testing.assert_allclose(meta["target_gains"], gains, rtol=1e-6)
-  assert meta["protocol_version"] == pairs.PROTOCOL_VERSION == 2
+  assert meta["protocol_version"] == pairs.PROTOCOL_VERSION == 3
   invisp = pairs.make_pair(cap, srgb, "invisp")["raw"]
   np.testing.assert_allclose(invisp, np.maximum(linear, 1e-8) ** (1 / 2.2), atol=1e-6)
   packed = pairs.make_pair(cap, srgb, "packed")

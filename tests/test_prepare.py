@@ -108,7 +108,7 @@ def test_manifest_contents(folder, prepared):
     np.testing.assert_allclose(f["meta"]["target_gains"], np.divide(f["wb"], max(f["wb"])),
                                rtol=1e-6)
   # the protocol and its version, and every shard's size and checksum, are recorded
-  assert man["version"] == 2 and man["protocol_version"] == 2
+  assert man["version"] == 2 and man["protocol_version"] == 3
   assert (man["wb_norm"], man["jpeg_quality"], man["jpeg_subsampling"]) == ("max", 90, "4:2:2")
   for lst in man["shards"].values():
     for sh in lst:

@@ -113,7 +113,7 @@ def test_render_is_libraws_but_for_the_demosaic():
     with raw_io_dng(cap) as path, rawpy.imread(str(path)) as raw:
       ref = raw.postprocess(no_auto_bright=True, output_bps=8, half_size=False, user_flip=0,
                             output_color=rawpy.ColorSpace.sRGB, gamma=vp.PIX_GAMMA,
-                            use_camera_wb=True,
+                            use_camera_wb=True, adjust_maximum_thr=raw_io.ADJUST_MAXIMUM,
                             demosaic_algorithm=rawpy.DemosaicAlgorithm.LINEAR).astype(int)
     d = np.abs(ours - ref)[2:-2, 2:-2]
     assert d.max() <= 1 and (d == 0).mean() > 0.97

@@ -79,11 +79,13 @@ class FiveK(tfds.core.GeneratorBasedBuilder):
   name = "jisp_fivek_raw"
   # Major version = jisp.data.pairs.PROTOCOL_VERSION: a build of another protocol version
   # lives in another folder and is never read as this one.
-  VERSION = tfds.core.Version("2.0.0")
+  VERSION = tfds.core.Version("3.0.0")
   RELEASE_NOTES = {
       "1.0.0": "First release: InvISP split lists, jisp pair protocols.",
       "2.0.0": "Pair protocol version 2: RAW white balance with gains / max (InvISP's "
                "official normalisation), never clipped; sRGB JPEG 4:2:2.",
+      "3.0.0": "Pair protocol version 3: the sRGB render without LibRaw's adjust_maximum, "
+               "so its brightness follows the white level, not the picture.",
   }
   BUILDER_CONFIGS = _configs()
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\

@@ -29,6 +29,8 @@ version is refused (jisp.data.shards.check_manifest). History:
   1  invisp/linear gains normalised to G = 1 and the target clipped to [0, 1] (clipped
      highlights the sensor had kept); sRGB JPEG 4:2:0.
   2  gains / max, no clip; sRGB JPEG 4:2:2. Manifests also record shard sizes and sha256.
+  3  the sRGB render without LibRaw's adjust_maximum (raw_io.ADJUST_MAXIMUM): its
+     brightness follows the file's white level, not the picture's own maximum.
 
 Orientation: both arrays are shown upright (EXIF orientation applied by
 `jisp.core.images.apply_orientation`, the same helper `render_srgb` uses). For `packed` the mosaic
@@ -52,7 +54,7 @@ from jisp.core.images import apply_orientation, jpeg_roundtrip
 from jisp.data.raw_io import Capture, orient_pattern
 from jisp.isp import bayer, tone
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 GAMMA = PROTOCOL_GAMMA["invisp"]
 JPEG_QUALITY = 90
 JPEG_SUBSAMPLING = "4:2:2"

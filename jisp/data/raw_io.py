@@ -400,28 +400,37 @@ def _capture_from(raw, path: Path) -> Capture:
 
 # --------------------------------------------------------------------------- rendering
 
-# LibRaw's adjust_maximum_thr default (rawpy's too): see render_maximum.
-ADJUST_MAXIMUM = 0.75
+# LibRaw's adjust_maximum_thr. At LibRaw's (and rawpy's) default, 0.75, the render takes the
+# data's own maximum as white whenever it lies between 0.75 and 1 of the white level: an
+# auto-brightness that depends on the picture, which no camera profile records, so neither
+# unprocessing nor a network trained on other files could know it. The protocol renders with
+# it off (pair protocol version 3); LIBRAW_ADJUST_MAXIMUM names the default for analysis.
+ADJUST_MAXIMUM = 0.0
+LIBRAW_ADJUST_MAXIMUM = 0.75
 
 
-def render_maximum(cap: Capture) -> tuple[float, float]:
+def render_maximum(cap: Capture, threshold: float = ADJUST_MAXIMUM) -> tuple[float, float]:
   """(the file's white level above black, the white LibRaw's render scales to).
 
-  LibRaw's adjust_maximum: when the data's own maximum (above black) lies between 0.75 and
-  1 of the white level, the render takes it as white, so the sRGB is brighter than the
-  metadata says by the ratio of the two. No camera metadata records that factor; it is
-  1 when the data clips or stays below 0.75 of white.
+  LibRaw's adjust_maximum at `threshold`: when the data's own maximum (above black) lies
+  between `threshold` and 1 of the white level, the render takes it as white, so the sRGB
+  is brighter than the metadata says by the ratio of the two. At the protocol's threshold
+  (off) the two are equal.
   """
   h, w = cap.mosaic.shape
   black = np.asarray(cap.black_level, np.float64).reshape(2, 2)
   data_max = float(np.max(cap.mosaic.astype(np.float64) - np.tile(black, (h // 2, w // 2))))
   maximum = float(cap.white_level) - float(black.max())
-  return maximum, adjusted_white(maximum, data_max)
+  return maximum, adjusted_white(maximum, data_max, threshold)
 
 
-def adjusted_white(maximum: float, data_max: float) -> float:
-  """LibRaw's adjust_maximum rule on levels above black (see render_maximum)."""
-  return data_max if ADJUST_MAXIMUM * maximum < data_max < maximum else maximum
+def adjusted_white(maximum: float, data_max: float,
+                   threshold: float = ADJUST_MAXIMUM) -> float:
+  """LibRaw's adjust_maximum rule on levels above black (see render_maximum); LibRaw
+  ignores thresholds outside (0, 1)."""
+  if not 1e-5 < threshold < 1 - 1e-5:
+    return maximum
+  return data_max if threshold * maximum < data_max < maximum else maximum
 
 
 def render_srgb(src: Union[str, os.PathLike, Capture], *, oriented: bool = True,
@@ -429,14 +438,15 @@ def render_srgb(src: Union[str, os.PathLike, Capture], *, oriented: bool = True,
   """LibRaw's 8-bit sRGB render of a capture, pixel-aligned with `Capture.mosaic`.
 
   Camera white balance when it is usable, else the capture's chosen `wb` (user_wb); no
-  auto-brightness, full size, LibRaw's default BT.709 gamma (the FiveK protocol of InvISP
+  auto-brightness (neither LibRaw's histogram one nor its adjust_maximum), full size, LibRaw's default BT.709 gamma (the FiveK protocol of InvISP
   and the DDPM paper). LibRaw's own flip is disabled and the EXIF orientation applied by
   `apply_orientation` (when `oriented`), exactly as for the RAW targets.
   """
   cap = src if isinstance(src, Capture) else read_capture(src)
   import rawpy
   kw = dict(no_auto_bright=True, output_bps=8, half_size=False, user_flip=0,
-            output_color=rawpy.ColorSpace.sRGB, gamma=tuple(gamma))
+            output_color=rawpy.ColorSpace.sRGB, gamma=tuple(gamma),
+            adjust_maximum_thr=ADJUST_MAXIMUM)
   if cap.wb_source == "camera":
     kw["use_camera_wb"] = True
   else:

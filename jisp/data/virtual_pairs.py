@@ -209,7 +209,7 @@ def render_srgb(cap: Capture, demosaic: str = "mhc") -> np.ndarray:
   h, w = cap.mosaic.shape
   black = np.asarray(cap.black_level, np.float64).reshape(2, 2)
   x = np.maximum(cap.mosaic.astype(np.float64) - np.tile(black, (h // 2, w // 2)), 0.0)
-  # LibRaw's adjust_maximum: the data's own maximum may become white
+  # LibRaw's adjust_maximum at the protocol's threshold (raw_io.ADJUST_MAXIMUM)
   maximum = raw_io.adjusted_white(float(cap.white_level) - float(black.max()), float(x.max()))
   wb = np.asarray(cap.wb, np.float64)
   gains = wb / wb.min()

@@ -15,10 +15,12 @@ trip, and the RAW target) and UPI's estimate with the file's own camera metadata
                      model (Brooks et al.'s smoothstep and gamma 2.2): LibRaw's BT.709-style
                      curve and no tone curve, which is what a network can learn from any
                      camera
-  render_gain        the factor LibRaw's render brightened the linear signal by beyond the
-                     metadata (its adjust_maximum, `raw_io.render_maximum`); no camera
-                     metadata records it, so neither UPI nor a network trained on other
-                     files can know it
+  render_gain        the factor the protocol's render brightened the linear signal by
+                     beyond the metadata (LibRaw's adjust_maximum, `raw_io.render_maximum`):
+                     1, since pair protocol version 3 renders with it off
+  libraw_default_gain  the same factor at LibRaw's default threshold, which protocol
+                     version 2 used: no camera metadata records it, so neither UPI nor a
+                     network trained on other files can know it
 One JSON line per file with --json, else a short table.
 """
 from __future__ import annotations
@@ -54,6 +56,7 @@ def analyse(path, protocol: str = "invisp") -> dict:
       tone.gamma_compress(x.astype(np.float32), PROTOCOL_GAMMA[protocol]))
   cap = raw_io.read_capture(path)
   white, render_white = raw_io.render_maximum(cap)
+  _, default_white = raw_io.render_maximum(cap, raw_io.LIBRAW_ADJUST_MAXIMUM)
   return {"file": str(path), "protocol": protocol, "camera": cap.camera,
           "upi_psnr": round(float(psnr(est, raw)), 3),
           "bias": [round(float(v), 5) for v in err.reshape(-1, 3).mean(0)],
@@ -63,7 +66,8 @@ def analyse(path, protocol: str = "invisp") -> dict:
           "gain_fit": [round(float(g), 4) for g in gain],
           "gain_fit_psnr": round(float(psnr(flat_e * gain, flat_t)), 3),
           "exact_tone_psnr": round(float(psnr(exact, raw)), 3),
-          "render_gain": round(white / render_white, 4)}
+          "render_gain": round(white / render_white, 4),
+          "libraw_default_gain": round(white / default_white, 4)}
 
 
 def main(argv=None) -> int:
@@ -87,7 +91,8 @@ def main(argv=None) -> int:
             f"{r['gain_fit']} -> {r['gain_fit_psnr']:.2f} dB; with the render's own tone "
             f"{r['exact_tone_psnr']:.2f} dB; clipped pixels "
             f"{r['clipped_pixels']:.1%} carry {r['clipped_share']:.1%} of the squared error; "
-            f"LibRaw brightened the render x{r['render_gain']:.3f} beyond the metadata")
+            f"the render brightened x{r['render_gain']:.3f} beyond the metadata "
+            f"(x{r['libraw_default_gain']:.3f} at LibRaw's default adjust_maximum)")
   return 0
 
 
