@@ -34,8 +34,10 @@ def test_metrics_jsonl_and_tensorboard(one_device_run):
   train = [r for r in recs if "loss" in r]
   assert [r["step"] for r in train] == [1, 2, 3, 4, 5]
   for r in train:
-    for k in ("loss", "grad_norm", "lr", "steps_per_s", "patches_per_s"):
+    for k in ("loss", "grad_norm", "lr", "steps_per_s", "patches_per_s", "cpu_s"):
       assert k in r and isinstance(r[k], float)
+  cpu = [r["cpu_s"] for r in train]
+  assert cpu[0] > 0 and all(b > a for a, b in zip(cpu, cpu[1:]))  # each step costs CPU
   assert any("eval/loss" in r for r in recs)
   # The event file is readable by TensorFlow's own reader and holds the same losses.
   import tensorflow as tf

@@ -284,7 +284,8 @@ def check_manifest(man: dict, data_dir) -> dict:
     raise DataError(
         f"{data_dir}: prepared by another jisp version ({got}; this one reads manifest "
         f"version {MANIFEST_VERSION}, protocol version {PROTOCOL_VERSION}: RAW targets "
-        f"white-balanced with gains / max and never clipped, sRGB JPEG 4:2:2); re-run "
+        f"white-balanced with gains / max and never clipped, sRGB rendered without "
+        f"adjust_maximum and stored as JPEG 4:2:2); re-run "
         f"{_redo_hint(man, data_dir)} into a new folder")
   shard_lists = man.get("shards")
   needed = ["shards"] if not isinstance(shard_lists, dict) else []

@@ -8,11 +8,12 @@ reads):
           `jisp prepare` (invisp protocol, 64 px patches, stride 32, all files train);
           C's own files symlinked into W/C/test_raw
   train   every method on W/C/data (by default mixed with virtual-camera pairs:
-          data.source=mixed), for the same CPU time: two short calibration runs give the
-          CPU seconds of one training step (the difference of their CPU use over the
-          difference of their steps, so compilation cancels; a first tiny run fills JAX's
-          compilation cache so both find it full), and the run then gets the
-          steps that fit --cpu-seconds, so its learning-rate schedule runs to its end
+          data.source=mixed), for the same CPU time: a short calibration run measures the
+          CPU seconds of one training step inside the process (`cpu_s` of metrics.jsonl
+          between two logged steps after the first, so start-up and compilation are not
+          counted), and the run then gets the steps that fit --cpu-seconds, so its
+          learning-rate schedule runs to its end; the run's own steps are measured the
+          same way and recorded
   test    `jisp eval` of each run on W/C/test_raw: each test file's own metadata reaches
           the methods that take the camera (prior.mode, dtdm.upi_profile=camera), and
           `jisp eval --method upi` (Brooks et al.'s unprocessing with that metadata)
@@ -47,7 +48,9 @@ ABLATIONS = {
     "ddpm_v": ("ddpm_tiny.py:prior=both", [], ["--sampler", "dpm_solver", "--steps", "10"]),
 }
 KNOWN = {**METHODS, **ABLATIONS}
-CALIBRATION_STEPS = (5, 45)
+# the calibration run's logged steps whose CPU difference is measured: after the first
+# step (compilation) and its warm-up, long enough to dwarf the timer's noise
+CALIBRATION_STEPS = (20, 80)
 PATCH = 64
 
 
@@ -94,28 +97,39 @@ def _slug(name: str) -> str:
   return "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
 
 
+def step_cpu(workdir: pathlib.Path, first: int = 0) -> tuple[float, int]:
+  """(CPU seconds, steps) between the first train record at a step >= `first` and the last
+  of a run's metrics.jsonl (the loop's `cpu_s`: this process's CPU, all threads)."""
+  recs = [json.loads(ln) for ln in (workdir / "metrics.jsonl").read_text().splitlines()
+          if ln.strip()]
+  train = [r for r in recs if "cpu_s" in r and r["step"] >= first]
+  if len(train) < 2:
+    raise RuntimeError(f"{workdir}: fewer than two logged steps with cpu_s")
+  return train[-1]["cpu_s"] - train[0]["cpu_s"], train[-1]["step"] - train[0]["step"]
+
+
 def train_for_budget(config, workdir: pathlib.Path, overrides, cpu_seconds: float,
                      log=print) -> dict:
   """Calibrates CPU seconds per step, then trains `config` for the steps that fit."""
-  quiet = ["--config.log_every=5", "--config.eval_every=1000000",
-           "--config.checkpoint_every=1000000"]
-  used = []
-  for n in (2,) + CALIBRATION_STEPS:  # the first run fills the compilation cache
-    wd = workdir.parent / f"{workdir.name}.calib{n}"
-    cpu, _ = _jisp("train", "--config", config, "--workdir", wd, *overrides, *quiet,
-                   f"--config.num_steps={n}")
-    used.append(cpu)
-  per_step = max((used[2] - used[1]) / (CALIBRATION_STEPS[1] - CALIBRATION_STEPS[0]), 1e-3)
-  steps = max(CALIBRATION_STEPS[1], int(cpu_seconds / per_step))
+  start, end = CALIBRATION_STEPS
+  calib = workdir.parent / f"{workdir.name}.calib"
+  _jisp("train", "--config", config, "--workdir", calib, *overrides,
+        f"--config.log_every={start}", "--config.eval_every=1000000",
+        "--config.checkpoint_every=1000000", f"--config.num_steps={end}")
+  cpu, n = step_cpu(calib, start)
+  per_step = max(cpu / n, 1e-4)
+  steps = max(end, int(cpu_seconds / per_step))
   log(f"loco: {workdir.name}: {per_step:.3f} CPU s/step -> {steps} steps")
   done = workdir / "checkpoints"
   cpu, wall = _jisp("train", "--config", config, "--workdir", workdir, *overrides,
                     f"--config.num_steps={steps}", "--config.log_every=50",
                     f"--config.checkpoint_every={steps}", f"--config.eval_every={steps}",
                     log=log)
+  run_cpu, run_n = step_cpu(workdir, 50)
   return {"config": str(config), "overrides": list(overrides), "steps": steps,
-          "cpu_s_per_step": per_step, "cpu_s_training": per_step * steps,
-          "cpu_s_run": cpu, "wall_s_run": wall, "checkpoints": str(done)}
+          "cpu_s_per_step": per_step, "cpu_s_per_step_run": run_cpu / run_n,
+          "cpu_s_training": run_cpu / run_n * steps, "cpu_s_run": cpu, "wall_s_run": wall,
+          "checkpoints": str(done)}
 
 
 def evaluate(args, out: pathlib.Path) -> dict:
@@ -210,10 +224,14 @@ def markdown(results: dict) -> str:
         cells.append("–")
     lines.append(f"| {c} | {upi:.2f} | " + " | ".join(cells) + " |")
   lines.append("")
+  spent = [f["cpu_s_training"] for c in cams for m, f in results["cameras"][c]["methods"].items()
+           if "cpu_s_training" in f]
+  measured = (f" (measured in the runs: {min(spent):.0f}-{max(spent):.0f} s of training "
+              f"steps)" if spent else "")
   lines.append(f"RAW PSNR (dB, 3x3 tiles) of each held-out camera's files; in brackets the "
                f"margin over UPI. Each method trained for {results['cpu_seconds']:.0f} CPU "
-               f"seconds ({results['cpu_count']} cores) on the other cameras' files, "
-               f"virtual_ratio {results['virtual_ratio']}.")
+               f"seconds{measured} ({results['cpu_count']} cores) on the other cameras' "
+               f"files, virtual_ratio {results['virtual_ratio']}.")
   return "\n".join(lines) + "\n"
 
 

@@ -507,6 +507,8 @@ def _train(config, workdir: str) -> dict:
         sps = (step - step_last) / max(now - t_last, 1e-9)
         m["steps_per_s"] = sps
         m["patches_per_s"] = sps * cur.batch
+        # all of this process's threads (input pipeline included): what a CPU budget counts
+        m["cpu_s"] = time.process_time()
         t_last, step_last = now, step
         log.write(step, m)
         log.progress(step, {"loss": m["loss"], "lr": m["lr"], "steps/s": sps})
