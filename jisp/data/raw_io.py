@@ -438,8 +438,8 @@ def render_srgb(src: Union[str, os.PathLike, Capture], *, oriented: bool = True,
   """LibRaw's 8-bit sRGB render of a capture, pixel-aligned with `Capture.mosaic`.
 
   Camera white balance when it is usable, else the capture's chosen `wb` (user_wb); no
-  auto-brightness (neither LibRaw's histogram one nor its adjust_maximum), full size, LibRaw's default BT.709 gamma (the FiveK protocol of InvISP
-  and the DDPM paper). LibRaw's own flip is disabled and the EXIF orientation applied by
+  auto-brightness (neither LibRaw's histogram stretch nor its adjust_maximum), full size,
+  LibRaw's default BT.709 gamma (the FiveK protocol of InvISP and the DDPM paper). LibRaw's own flip is disabled and the EXIF orientation applied by
   `apply_orientation` (when `oriented`), exactly as for the RAW targets.
   """
   cap = src if isinstance(src, Capture) else read_capture(src)

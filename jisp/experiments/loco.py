@@ -27,6 +27,7 @@ import json
 import os
 import pathlib
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -99,9 +100,12 @@ def _slug(name: str) -> str:
 
 def step_cpu(workdir: pathlib.Path, first: int = 0) -> tuple[float, int]:
   """(CPU seconds, steps) between the first train record at a step >= `first` and the last
-  of a run's metrics.jsonl (the loop's `cpu_s`: this process's CPU, all threads)."""
+  of a run's metrics.jsonl (the loop's `cpu_s`: this process's CPU, all threads), within
+  the last process that trained it (a resume restarts the count)."""
   recs = [json.loads(ln) for ln in (workdir / "metrics.jsonl").read_text().splitlines()
           if ln.strip()]
+  resumes = [i for i, r in enumerate(recs) if r.get("event") == "resume"]
+  recs = recs[resumes[-1] + 1:] if resumes else recs
   train = [r for r in recs if "cpu_s" in r and r["step"] >= first]
   if len(train) < 2:
     raise RuntimeError(f"{workdir}: fewer than two logged steps with cpu_s")
@@ -113,6 +117,7 @@ def train_for_budget(config, workdir: pathlib.Path, overrides, cpu_seconds: floa
   """Calibrates CPU seconds per step, then trains `config` for the steps that fit."""
   start, end = CALIBRATION_STEPS
   calib = workdir.parent / f"{workdir.name}.calib"
+  shutil.rmtree(calib, ignore_errors=True)  # a fresh process: no resume of an older one
   _jisp("train", "--config", config, "--workdir", calib, *overrides,
         f"--config.log_every={start}", "--config.eval_every=1000000",
         "--config.checkpoint_every=1000000", f"--config.num_steps={end}")
@@ -226,11 +231,11 @@ def markdown(results: dict) -> str:
   lines.append("")
   spent = [f["cpu_s_training"] for c in cams for m, f in results["cameras"][c]["methods"].items()
            if "cpu_s_training" in f]
-  measured = (f" (measured in the runs: {min(spent):.0f}-{max(spent):.0f} s of training "
-              f"steps)" if spent else "")
+  measured = (f" (their training steps measured {min(spent):.0f}-{max(spent):.0f} s)"
+              if spent else "")
   lines.append(f"RAW PSNR (dB, 3x3 tiles) of each held-out camera's files; in brackets the "
                f"margin over UPI. Each method trained for {results['cpu_seconds']:.0f} CPU "
-               f"seconds{measured} ({results['cpu_count']} cores) on the other cameras' "
+               f"seconds on {results['cpu_count']} cores{measured} on the other cameras' "
                f"files, virtual_ratio {results['virtual_ratio']}.")
   return "\n".join(lines) + "\n"
 
