@@ -6,18 +6,15 @@ import numpy as np
 import pytest
 
 from jisp.data import raw_io
+from jisp.data.prepare import list_raw_files
 from jisp.experiments import upi_error
-
-
-def _raw_files(raw_dir):
-  return [p for p in sorted(raw_dir.iterdir()) if p.suffix.lower() in (".dng", ".crw", ".nef")]
 
 
 def test_render_maximum_follows_libraws_adjust_maximum(raw_dir):
   """The factor is LibRaw's own: its 16-bit camera-space render with adjust_maximum at
   its default, over the same render with it off."""
   import rawpy
-  for path in _raw_files(raw_dir):
+  for path in list_raw_files(raw_dir):
     cap = raw_io.read_capture(path)
     white, render_white = raw_io.render_maximum(cap, raw_io.LIBRAW_ADJUST_MAXIMUM)
     assert raw_io.render_maximum(cap) == (white, white)   # the protocol's: off

@@ -52,6 +52,7 @@ KNOWN = {**METHODS, **ABLATIONS}
 # the calibration run's logged steps whose CPU difference is measured: after the first
 # step (compilation) and its warm-up, long enough to dwarf the timer's noise
 CALIBRATION_STEPS = (20, 80)
+RUN_LOG_EVERY = 50
 PATCH = 64
 
 
@@ -127,10 +128,10 @@ def train_for_budget(config, workdir: pathlib.Path, overrides, cpu_seconds: floa
   log(f"loco: {workdir.name}: {per_step:.3f} CPU s/step -> {steps} steps")
   done = workdir / "checkpoints"
   cpu, wall = _jisp("train", "--config", config, "--workdir", workdir, *overrides,
-                    f"--config.num_steps={steps}", "--config.log_every=50",
+                    f"--config.num_steps={steps}", f"--config.log_every={RUN_LOG_EVERY}",
                     f"--config.checkpoint_every={steps}", f"--config.eval_every={steps}",
                     log=log)
-  run_cpu, run_n = step_cpu(workdir, 50)
+  run_cpu, run_n = step_cpu(workdir, RUN_LOG_EVERY)
   return {"config": str(config), "overrides": list(overrides), "steps": steps,
           "cpu_s_per_step": per_step, "cpu_s_per_step_run": run_cpu / run_n,
           "cpu_s_training": run_cpu / run_n * steps, "cpu_s_run": cpu, "wall_s_run": wall,
