@@ -82,6 +82,38 @@ def test_zero_network_is_upi_with_the_given_camera(name, cameras):
   np.testing.assert_allclose(outs[1] - outs[0], upi_move, atol=4e-6)
 
 
+# the key each residual variant's prior reads its tone model from
+TONE_KEY = {n: "dtdm.upi_tone" if n == "dtdm" else "prior.tone" for n in RESIDUAL}
+
+
+@pytest.mark.parametrize("name", ["regression_both", "ssdnet", "ddpm_dpm_solver", "dtdm"])
+def test_zero_network_with_the_render_tone_is_that_estimate(name, cameras):
+  """prior.tone=render (dtdm.upi_tone for the DTDM) reaches every task's prior: a zero
+  network returns UPI with the protocol's render curve, not Brooks et al.'s tone model."""
+  spec, overrides, opts = RESIDUAL[name]
+  task = get_task(load(spec, overrides + [f"--config.{TONE_KEY[name]}=render"]))
+  pred = PatchPredictor(task, _zero(task), opts, max_batch=4, devices=2)
+  x = _rgb()
+  noise = np.zeros(x.shape, np.float32) if task.io.noise_channels else None
+  out = pred(x, noise, jax.random.PRNGKey(0), camera=cameras[2][1])
+  want = prior.rgb_to_raw(x, cameras[2][1], tone_model="render")
+  np.testing.assert_allclose(out, want, atol=2e-6)
+  assert np.abs(np.asarray(want - prior.rgb_to_raw(x, cameras[2][1]))).mean() > 1e-2
+
+
+def test_the_render_tone_inverts_libraws_render_of_a_camera_file(cameras):
+  """On the pairs jisp evaluates (LibRaw's render of a camera file, through the JPEG
+  round trip), UPI with the render's own curve is far closer to the RAW than Brooks et
+  al.'s tone model, with the same metadata: the gap is the tone model, not the camera."""
+  from jisp.core.metrics import psnr
+  for path in cameras[1]:
+    pair = evaluate.load_pair(path, "invisp")
+    rgb, raw, cam = pair["rgb"][None], pair["raw"], pair["camera"]
+    brooks = psnr(np.asarray(prior.rgb_to_raw(rgb, cam))[0], raw)
+    render = psnr(np.asarray(prior.rgb_to_raw(rgb, cam, tone_model="render"))[0], raw)
+    assert render > brooks + 1.5, (path.name, brooks, render)   # 64-px files: +2.3, +3.5
+
+
 @pytest.mark.parametrize("sampler", ["ddim", "dpm_solver"])
 def test_zero_x0_predicting_ddpm_is_upi_from_any_start_noise(sampler, cameras):
   """prediction=x0 over a residual prior: the zero network's x0 is zero at every step, so
@@ -99,18 +131,25 @@ def test_eval_gives_the_network_each_test_files_own_camera(cameras):
   """`jisp eval`'s library path: a zero residual net scores exactly as UPI with each file's
   own metadata (both get the file's camera; neither falls back to its default)."""
   raw_dir, paths, feats = cameras
+  tile = [reconstruct.Tiling(0, True)]
+  scores = {}
+  # the render-tone prior against `--method upi_render` the same way
+  for tone, baseline in (("upi", "upi"), ("render", "upi_render")):
+    cfg = load("regression_rgb2raw_tiny.py:prior=residual", [f"--config.prior.tone={tone}"])
+    task = runs.build_task(cfg)
+    zero_run = runs.Run(None, cfg, task, 0, _zero(task))
+    results = {}
+    for name, run in (("zero", zero_run), ("upi", runs.baseline_run(baseline))):
+      predictor = PatchPredictor(run.task, run.params, None, max_batch=8, devices=2)
+      results[name], _ = evaluate.evaluate(run, predictor, paths, "invisp", tile)
+    for a, b in zip(results["zero"]["images"], results["upi"]["images"]):
+      ra, rb = a["results"]["grid"], b["results"]["grid"]
+      assert math.isclose(ra["raw_psnr"], rb["raw_psnr"], abs_tol=1e-3)
+    scores[tone] = results["upi"]["mean_raw_psnr"]
+  assert scores["render"] > scores["upi"] + 1.0
   cfg = load("regression_rgb2raw_tiny.py:prior=residual")
   task = runs.build_task(cfg)
   zero_run = runs.Run(None, cfg, task, 0, _zero(task))
-  upi_run = runs.baseline_run("upi")
-  tile = [reconstruct.Tiling(0, True)]
-  results = {}
-  for name, run in (("zero", zero_run), ("upi", upi_run)):
-    predictor = PatchPredictor(run.task, run.params, None, max_batch=8, devices=2)
-    results[name], _ = evaluate.evaluate(run, predictor, paths, "invisp", tile)
-  for a, b in zip(results["zero"]["images"], results["upi"]["images"]):
-    ra, rb = a["results"]["grid"], b["results"]["grid"]
-    assert math.isclose(ra["raw_psnr"], rb["raw_psnr"], abs_tol=1e-3)
   pair = evaluate.load_pair(paths[1], "invisp")
   predictor = PatchPredictor(task, zero_run.params, None, max_batch=8, devices=2)
   own, other = (reconstruct.predict_image(predictor, pair["rgb"], tile[0],
@@ -211,6 +250,12 @@ def test_bad_camera_configs_fail_clearly():
   with pytest.raises(ConfigError, match="protocol"):
     get_task(load("regression_rgb2raw_tiny.py:prior=residual",
                   ["--config.data.protocol=packed"]))
+  with pytest.raises(ConfigError, match="prior.tone"):
+    get_task(load("regression_rgb2raw_tiny.py:prior=both", ["--config.prior.tone=filmic"]))
+  with pytest.raises(ConfigError, match="dtdm.upi_tone"):
+    get_task(load("dtdm_rgb2raw_tiny.py", ["--config.dtdm.upi_tone=filmic"]))
+  with pytest.raises(ConfigError, match="upi.tone"):
+    get_task(load("upi.py", ["--config.upi.tone=filmic"]))
   with pytest.raises(ConfigError, match="dtdm.upi_profile"):
     get_task(load("dtdm_rgb2raw_tiny.py", ["--config.dtdm.upi_profile=nearby"]))
   with pytest.raises(ConfigError, match="camera metadata"):

@@ -148,6 +148,30 @@ def test_tone_curves():
   assert np.all(np.isfinite(np.asarray(g)))
 
 
+def test_render_curve_is_libraws_and_the_tone_models_invert():
+  """The protocol's render curve: a linear toe of slope 4.5 joined to a power 1/2.222 law
+  with value and slope continuous (dcraw's gamma_curve), and each tone model's to_linear
+  undoes its from_linear."""
+  g0, g1, g3, g4 = tone.libraw_curve_constants(*tone.RENDER_GAMMA)
+  assert g1 == 4.5 and g0 == pytest.approx(1 / 2.222)
+  assert g3 * g1 == pytest.approx((1 + g4) * g3 ** g0 - g4, abs=1e-9)   # value
+  assert g1 == pytest.approx((1 + g4) * g0 * g3 ** (g0 - 1), rel=1e-6)  # slope
+  assert 0.015 < g3 < 0.02 and 0.09 < g4 < 0.1     # BT.709's shape: 0.018, 0.099
+  x = np.linspace(0.0, 1.0, 1001, dtype=np.float32)
+  assert float(tone.render_encode(np.float32(1.0))) == pytest.approx(1.0, abs=1e-6)
+  np.testing.assert_allclose(tone.render_encode(np.float32([0.01])), [0.045], rtol=1e-6)
+  for model in tone.TONE_MODELS:
+    np.testing.assert_allclose(tone.from_linear(tone.to_linear(x, model), model), x,
+                               atol=2e-6, err_msg=model)
+  # the two models differ most in the mid-tones, where Brooks et al.'s smoothstep acts
+  mid = np.float32([0.5])
+  assert abs(float(tone.to_linear(mid, "render")[0] - tone.to_linear(mid, "upi")[0])) > 0.02
+  with pytest.raises(ValueError, match="tone model"):
+    tone.to_linear(x, "filmic")
+  g = jax.grad(lambda v: jnp.sum(tone.render_encode(v) + tone.render_decode(v)))(x)
+  assert np.all(np.isfinite(np.asarray(g)))
+
+
 def test_random_camera_params_ranges():
   ps = jax.vmap(up.random_camera_params)(jax.random.split(jax.random.key(1), 64))
   np.testing.assert_allclose(np.asarray(ps.rgb2cam).sum(-1), 1.0, atol=1e-5)

@@ -37,3 +37,40 @@ def test_step_cpu_counts_only_the_last_process_of_a_resumed_run(tmp_path):
                       {"step": 200, "loss": 0.7, "cpu_s": 48.0},
                       {"step": 250, "loss": 0.6, "cpu_s": 58.0}])
   assert loco.step_cpu(tmp_path, 50) == (20.0, 100)
+
+
+@pytest.mark.parametrize("name", sorted(loco.KNOWN))
+@pytest.mark.parametrize("tone", loco.TONES)
+def test_every_method_trains_with_the_prior_tone_asked_for(name, tone):
+  """--prior-tone reaches each method's task through a config key it really has."""
+  from jisp.core.config import load
+  from jisp.tasks import get_task
+  config, overrides, _ = loco.KNOWN[name]
+  task = get_task(load(config, overrides + loco.tone_overrides(config, tone)))
+  assert (task.upi_tone if task.name == "dtdm" else task.prior_tone) == tone
+
+
+def _cell(psnr, **kw):
+  return {"raw_psnr": psnr, **kw}
+
+
+def test_table_shows_each_method_against_both_baselines():
+  res = {"cpu_seconds": 120, "cpu_count": 2, "virtual_ratio": 0.5, "prior_tone": "render",
+         "cameras": {"Cam A": {"methods": {
+             "upi": _cell(30.0), "upi_render": _cell(35.0),
+             "ssdnet": _cell(36.5, cpu_s_training=110.0),
+             "ddpm": {"error": "diverged"}}}}}
+  md = loco.markdown(res)
+  lines = md.splitlines()
+  assert lines[0] == "| held-out camera | UPI | UPI, render tone | ddpm | ssdnet |"
+  assert lines[2] == "| Cam A | 30.00 | 35.00 | failed (see loco.json) | 36.50 (+6.50 / +1.50) |"
+  assert "margin over UPI / UPI, render tone" in md and "render tone model" in md
+  assert "measured 110-110 s" in md
+
+
+def test_a_table_of_the_other_tone_model_is_not_extended(tmp_path):
+  """Cells trained with another prior tone would sit in one table unmarked: refused."""
+  from jisp.core.errors import DataError
+  (tmp_path / "loco.json").write_text(json.dumps({"cameras": {}}))   # before the key: upi
+  with pytest.raises(DataError, match="prior-tone upi"):
+    loco.run(tmp_path, tmp_path, 1.0, prior_tone="render")

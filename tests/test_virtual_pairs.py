@@ -142,6 +142,18 @@ class raw_io_dng:
     self.dir.cleanup()
 
 
+def test_render_table_is_the_render_curve():
+  """The in-process render's 16-bit table and the camera prior's render tone model
+  (jisp.isp.tone.render_encode) are one curve: the prior inverts what the render applies."""
+  from jisp.isp import tone
+  r = np.arange(0x10000, dtype=np.float64) / 0x10000
+  enc = np.asarray(tone.render_encode(r), np.float64) * 0x10000
+  table = vp.gamma_table(*vp.PIX_GAMMA)
+  assert np.abs(np.minimum(np.floor(enc), 0xFFFF) - table).max() <= 1   # float32 rounding
+  import inspect
+  assert inspect.signature(raw_io.render_srgb).parameters["gamma"].default == tone.RENDER_GAMMA
+
+
 def test_mhc_demosaic_keeps_sites_and_flat_fields():
   rng = np.random.default_rng(0)
   for pattern in ("RGGB", "BGGR", "GRBG", "GBRG"):

@@ -119,7 +119,8 @@ def add_run_args(p, out_help=None):
   """--workdir RUN, or --method NAME for a method that needs no training (UPI)."""
   p.add_argument("--workdir", default=None, help="training run (config.json + checkpoints)")
   p.add_argument("--method", default=None, metavar="NAME",
-                 help="instead of a trained run: a method without training ('upi')")
+                 help="instead of a trained run: a method without training ('upi', or"
+                      " 'upi_render': UPI with the protocol's render curve)")
   p.add_argument("--params", default="ema", choices=("ema", "raw"),
                  help="the run's EMA parameters (default) or its raw ones (the papers use "
                       "no EMA)")

@@ -31,6 +31,9 @@ def add_parser(sub, name):
                       "and test it and UPI on that camera (OUT/loco.md, loco.json)")
   c.add_argument("--loco-methods", default=None,
                  help="comma-separated subset of regression,ssdnet,ddpm,dtdm (default all)")
+  c.add_argument("--loco-prior-tone", default="render", choices=("render", "upi"),
+                 help="leave-one-camera-out: how the methods' camera prior undoes the "
+                      "render's tone (the protocol's own curve, or Brooks et al.'s model)")
   c.add_argument("--cpu-seconds", type=float, default=300.0,
                  help="leave-one-camera-out: CPU seconds of training per method and camera")
   common.add_predict_args(c)
@@ -91,6 +94,7 @@ def _leave_one_camera_out(args) -> int:
     if m not in loco.KNOWN:
       raise OptionError(f"--loco-methods {m!r}: expected a subset of {','.join(loco.KNOWN)}")
   results = loco.run(args.data, args.out, args.cpu_seconds, methods=methods,
+                     prior_tone=args.loco_prior_tone,
                      log=(lambda m: None) if args.json else (lambda m: print(m, flush=True)))
   print(json.dumps(results) if args.json else loco.markdown(results), flush=True)
   return 0

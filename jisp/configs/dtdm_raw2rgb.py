@@ -75,6 +75,9 @@ def get_config(arg=None):
   # with real data (data.dir or source mixed), else UPI's mean camera; "camera", "mean",
   # "synthetic", "manifest" (data.dir's camera) fix it
   c.dtdm.upi_profile = "auto"
+  # how UPI's estimator undoes the render's tone (jisp.isp.tone.TONE_MODELS): "upi" (Brooks
+  # et al.'s smoothstep over gamma 2.2) or "render" (the pair protocol's own curve)
+  c.dtdm.upi_tone = "upi"
   c.dtdm.ddpm_start = "estimate"   # process=ddpm: "estimate" (x_s, s steps) or "noise" (T)
   # D^2 (jisp.isp.degrade.Params): two rounds of blur / resize / noise / JPEG, then the
   # channel means are put back to y's (colour consistency). Noise sigmas in 8-bit units.

@@ -3,11 +3,18 @@
 Usable without training (`jisp eval --method upi`, `jisp reconstruct --method upi`,
 `jisp compare --baseline upi`); `jisp train --config upi.py --config.data.dir=DIR` fits its
 3x3 colour matrix, used for photos of unknown camera, to the training split.
+
+Argument: tone=upi|render (config key upi.tone): how the render's tone is undone, Brooks
+et al.'s smoothstep over gamma 2.2 (the paper's UPI, default) or the pair protocol's own
+render curve (`jisp eval --method upi_render`; jisp.isp.tone.TONE_MODELS).
 """
 import ml_collections
 
+from jisp.core.config import parse_arg
 
-def get_config():
+
+def get_config(arg=None):
+  a = parse_arg(arg, tone="upi")
   c = ml_collections.ConfigDict()
   c.task = "upi"
   c.seed = 0
@@ -28,6 +35,7 @@ def get_config():
 
   c.upi = ml_collections.ConfigDict()
   c.upi.rgb_gain = 1.0         # Brooks et al.'s brightness gain; 1 = none (see jisp.tasks.upi)
+  c.upi.tone = a.tone
 
   c.model = ml_collections.ConfigDict()
   c.model.dtype = "float32"

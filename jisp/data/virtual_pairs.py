@@ -71,7 +71,7 @@ EXPOSURE_RANGE = (0.5, 1.5)   # log-uniform scale of the linear signal (> 1 clip
 SCALE_RANGE = (0.5, 2.0)      # log-uniform photo scale (< 1 denser detail, > 1 smoother)
 MARGIN = 8                    # extra pixels each side of a patch: demosaic, JPEG phase
 
-PIX_GAMMA = (2.222, 4.5)      # raw_io.render_srgb's LibRaw gamma
+PIX_GAMMA = tone.RENDER_GAMMA  # raw_io.render_srgb's LibRaw gamma
 
 
 # --------------------------------------------------------------------------- camera
@@ -138,19 +138,9 @@ def random_camera(rng: np.random.Generator, pool: np.ndarray) -> VirtualCamera:
 # --------------------------------------------------------------------------- render
 
 def gamma_table(power: float, slope: float) -> np.ndarray:
-  """LibRaw's (dcraw's) gamma curve as a 16-bit table: a power law with a linear toe of
-  the given slope, the join found by bisection so value and slope are continuous."""
-  g0, g1 = 1.0 / power, slope
-  lo, hi = (0.0, 1.0) if g1 >= 1 else (1.0, 0.0)
-  g2 = 0.0
-  for _ in range(48):
-    g2 = (lo + hi) / 2
-    if ((g2 / g1) ** (-g0) - 1) / g0 - 1 / g2 > -1:
-      hi = g2
-    else:
-      lo = g2
-  g3 = g2 / g1
-  g4 = g2 * (1 / g0 - 1)
+  """LibRaw's (dcraw's) gamma curve as a 16-bit table (jisp.isp.tone.libraw_curve_constants:
+  a power law with a linear toe of the given slope, value and slope continuous)."""
+  g0, g1, g3, g4 = tone.libraw_curve_constants(power, slope)
   r = np.arange(0x10000, dtype=np.float64) / 0x10000
   curve = np.where(r < g3, r * g1, r ** g0 * (1 + g4) - g4)
   return np.minimum(np.floor(0x10000 * curve), 0xFFFF).astype(np.int64)

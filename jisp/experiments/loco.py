@@ -8,17 +8,21 @@ reads):
           `jisp prepare` (invisp protocol, 64 px patches, stride 32, all files train);
           C's own files symlinked into W/C/test_raw
   train   every method on W/C/data (by default mixed with virtual-camera pairs:
-          data.source=mixed), for the same CPU time: a short calibration run measures the
+          data.source=mixed), its camera prior undoing the render's tone by --prior-tone
+          (prior.tone / dtdm.upi_tone: "render", the protocol's own curve, by default; "upi",
+          Brooks et al.'s model), for the same CPU time: a short calibration run measures the
           CPU seconds of one training step inside the process (`cpu_s` of metrics.jsonl
           between two logged steps after the first, so start-up and compilation are not
           counted), and the run then gets the steps that fit --cpu-seconds, so its
           learning-rate schedule runs to its end; the run's own steps are measured the
           same way and recorded
   test    `jisp eval` of each run on W/C/test_raw: each test file's own metadata reaches
-          the methods that take the camera (prior.mode, dtdm.upi_profile=camera), and
-          `jisp eval --method upi` (Brooks et al.'s unprocessing with that metadata)
+          the methods that take the camera (prior.mode, dtdm.upi_profile=camera), and the
+          two baselines with that metadata and no learning: `jisp eval --method upi`
+          (Brooks et al.'s unprocessing) and `--method upi_render` (the same with the
+          protocol's render curve in place of Brooks et al.'s tone model)
 Writes W/loco.json (every number, CPU seconds per run, the commands) and W/loco.md (RAW
-PSNR per held-out camera and method, and each method's margin over UPI).
+PSNR per held-out camera and method, and each method's margins over both baselines).
 """
 from __future__ import annotations
 
@@ -49,6 +53,8 @@ ABLATIONS = {
     "ddpm_v": ("ddpm_tiny.py:prior=both", [], ["--sampler", "dpm_solver", "--steps", "10"]),
 }
 KNOWN = {**METHODS, **ABLATIONS}
+BASELINES = ("upi", "upi_render")   # jisp.train.runs.BASELINES, no training
+TONES = ("render", "upi")             # jisp.isp.tone.TONE_MODELS, the --prior-tone choices
 # the calibration run's logged steps whose CPU difference is measured: after the first
 # step (compilation) and its warm-up, long enough to dwarf the timer's noise
 CALIBRATION_STEPS = (20, 80)
@@ -148,26 +154,38 @@ def evaluate(args, out: pathlib.Path) -> dict:
           "seconds_per_image": r["seconds_per_image"]}
 
 
+def tone_overrides(config: str, tone: str) -> list[str]:
+  """The config override that sets how a method's camera prior undoes the render's tone."""
+  key = "dtdm.upi_tone" if config.startswith("dtdm") else "prior.tone"
+  return [f"--config.{key}={tone}"]
+
+
 def run(raw_dir, workdir, cpu_seconds: float, *, methods=None, cameras=None,
-        virtual_ratio: float = 0.5, log=print) -> dict:
+        virtual_ratio: float = 0.5, prior_tone: str = "render", log=print) -> dict:
+  from jisp.core.errors import DataError, OptionError
   from jisp.data import prepare
   names = methods or list(METHODS)
   unknown = [m for m in names if m not in KNOWN]
   if unknown:
-    from jisp.core.errors import OptionError
     raise OptionError(f"--methods {','.join(unknown)}: expected a subset of {','.join(KNOWN)}")
+  if prior_tone not in TONES:
+    raise OptionError(f"--prior-tone {prior_tone!r}: expected one of {', '.join(TONES)}")
   wd = pathlib.Path(workdir).resolve()
-  groups = cameras_of(raw_dir)
-  if len(groups) < 2:
-    from jisp.core.errors import DataError
-    raise DataError(f"{raw_dir}: leave-one-camera-out needs RAW files of 2 or more cameras, "
-                    f"found {sorted(groups) or 'none'}")
   results: dict = {"raw_dir": str(raw_dir), "cpu_seconds": cpu_seconds,
                    "cpu_count": os.cpu_count(), "virtual_ratio": virtual_ratio,
-                   "cameras": {}}
+                   "prior_tone": prior_tone, "cameras": {}}
   summary_path = wd / "loco.json"
   if summary_path.is_file():
-    results["cameras"] = json.loads(summary_path.read_text()).get("cameras", {})
+    old = json.loads(summary_path.read_text())
+    # a table made before the key had Brooks et al.'s tone model in every prior
+    if old.get("prior_tone", "upi") != prior_tone:
+      raise DataError(f"{summary_path}: its runs were trained with --prior-tone "
+                      f"{old.get('prior_tone', 'upi')}, not {prior_tone}: use another --workdir")
+    results["cameras"] = old.get("cameras", {})
+  groups = cameras_of(raw_dir)
+  if len(groups) < 2:
+    raise DataError(f"{raw_dir}: leave-one-camera-out needs RAW files of 2 or more cameras, "
+                    f"found {sorted(groups) or 'none'}")
   for cam in sorted(groups):
     if cameras and not any(c.lower() in cam.lower() for c in cameras):
       continue
@@ -182,9 +200,10 @@ def run(raw_dir, workdir, cpu_seconds: float, *, methods=None, cameras=None,
     entry = results["cameras"].setdefault(cam, {"train_cameras": sorted(set(groups) - {cam}),
                                                 "test_files": [f.name for f in groups[cam]],
                                                 "methods": {}})
-    if "upi" not in entry["methods"]:
-      entry["methods"]["upi"] = evaluate(["--method", "upi", "--data", test_raw],
-                                         cdir / "eval_upi")
+    for base in BASELINES:
+      if base not in entry["methods"]:
+        entry["methods"][base] = evaluate(["--method", base, "--data", test_raw],
+                                          cdir / f"eval_{base}")
     for name in names:
       if name in entry["methods"]:
         continue
@@ -193,7 +212,8 @@ def run(raw_dir, workdir, cpu_seconds: float, *, methods=None, cameras=None,
                 f"--config.data.virtual_ratio={virtual_ratio}"]
       log(f"loco: held out {cam}: training {name}")
       try:
-        facts = train_for_budget(config, cdir / f"run_{name}", common + overrides,
+        facts = train_for_budget(config, cdir / f"run_{name}",
+                                 common + overrides + tone_overrides(config, prior_tone),
                                  cpu_seconds, log)
         facts.update(evaluate(["--workdir", cdir / f"run_{name}", "--data", test_raw,
                                *eval_opts], cdir / f"eval_{name}"))
@@ -214,30 +234,37 @@ def run(raw_dir, workdir, cpu_seconds: float, *, methods=None, cameras=None,
 
 def markdown(results: dict) -> str:
   cams = sorted(results["cameras"])
-  methods = sorted({m for c in cams for m in results["cameras"][c]["methods"]} - {"upi"})
-  head = "| held-out camera | UPI | " + " | ".join(methods) + " |"
-  lines = [head, "|" + " --- |" * (2 + len(methods))]
+  have = {m for c in cams for m in results["cameras"][c]["methods"]}
+  bases = [b for b in BASELINES if b in have]
+  methods = sorted(have - set(BASELINES))
+  label = {"upi": "UPI", "upi_render": "UPI, render tone"}
+  head = "| held-out camera | " + " | ".join([label[b] for b in bases] + methods) + " |"
+  lines = [head, "|" + " --- |" * (1 + len(bases) + len(methods))]
   for c in cams:
     ms = results["cameras"][c]["methods"]
-    upi = ms["upi"]["raw_psnr"]
-    cells = []
+    ref = [ms[b]["raw_psnr"] for b in bases]
+    cells = [f"{v:.2f}" for v in ref]
     for m in methods:
       if m in ms and "error" in ms[m]:
         cells.append("failed (see loco.json)")
       elif m in ms:
-        cells.append(f"{ms[m]['raw_psnr']:.2f} ({ms[m]['raw_psnr'] - upi:+.2f})")
+        v = ms[m]["raw_psnr"]
+        cells.append(f"{v:.2f} (" + " / ".join(f"{v - r:+.2f}" for r in ref) + ")")
       else:
         cells.append("–")
-    lines.append(f"| {c} | {upi:.2f} | " + " | ".join(cells) + " |")
+    lines.append(f"| {c} | " + " | ".join(cells) + " |")
   lines.append("")
   spent = [f["cpu_s_training"] for c in cams for m, f in results["cameras"][c]["methods"].items()
            if "cpu_s_training" in f]
   measured = (f" (their training steps measured {min(spent):.0f}-{max(spent):.0f} s)"
               if spent else "")
+  margins = " / ".join(label[b] for b in bases)
   lines.append(f"RAW PSNR (dB, 3x3 tiles) of each held-out camera's files; in brackets the "
-               f"margin over UPI. Each method trained for {results['cpu_seconds']:.0f} CPU "
-               f"seconds on {results['cpu_count']} cores{measured} on the other cameras' "
-               f"files, virtual_ratio {results['virtual_ratio']}.")
+               f"margin over {margins}. Each method trained for "
+               f"{results['cpu_seconds']:.0f} CPU seconds on {results['cpu_count']} "
+               f"cores{measured} on the other cameras' files, virtual_ratio "
+               f"{results['virtual_ratio']}, its camera prior with the "
+               f"{results.get('prior_tone', 'upi')} tone model.")
   return "\n".join(lines) + "\n"
 
 
@@ -252,11 +279,14 @@ def main(argv=None) -> int:
   ap.add_argument("--cameras", default=None, help="comma-separated parts of camera names "
                                                   "to hold out (default: every camera)")
   ap.add_argument("--virtual-ratio", type=float, default=0.5)
+  ap.add_argument("--prior-tone", default="render", choices=TONES,
+                  help="how every method's camera prior undoes the render's tone: the "
+                       "protocol's own curve (render, default) or Brooks et al.'s model (upi)")
   args = ap.parse_args(argv)
   res = run(args.raw_dir, args.workdir, args.cpu_seconds,
             methods=args.methods.split(",") if args.methods else None,
             cameras=args.cameras.split(",") if args.cameras else None,
-            virtual_ratio=args.virtual_ratio)
+            virtual_ratio=args.virtual_ratio, prior_tone=args.prior_tone)
   print(markdown(res))
   return 0
 

@@ -13,8 +13,8 @@ trip, and the RAW target) and UPI's estimate with the file's own camera metadata
                      mismatch rather than something local
   exact_tone_psnr    RAW PSNR of UPI with the render's own tone inverted instead of UPI's
                      model (Brooks et al.'s smoothstep and gamma 2.2): LibRaw's BT.709-style
-                     curve and no tone curve, which is what a network can learn from any
-                     camera
+                     curve and no tone curve (prior.tone=render, `--method upi_render`),
+                     which is what a network can learn from any camera
   render_gain        the factor the protocol's render brightened the linear signal by
                      beyond the metadata (LibRaw's adjust_maximum, `raw_io.render_maximum`):
                      1, since pair protocol version 3 renders with it off
@@ -35,10 +35,9 @@ from jisp.core.metrics import psnr
 
 
 def analyse(path, protocol: str = "invisp") -> dict:
-  from jisp.core.camera import PROTOCOL_GAMMA, target_gains
-  from jisp.data import raw_io, virtual_pairs
+  from jisp.data import raw_io
   from jisp.infer import evaluate
-  from jisp.isp import prior, tone
+  from jisp.isp import prior
   pair = evaluate.load_pair(path, protocol)
   rgb, raw = pair["rgb"], pair["raw"]
   est = np.asarray(prior.rgb_to_raw(rgb[None], pair["camera"], protocol))[0]
@@ -47,13 +46,8 @@ def analyse(path, protocol: str = "invisp") -> dict:
   clipped = (rgb.max(-1) >= 254.5 / 255) | (rgb.min(-1) <= 0.5 / 255)
   flat_e, flat_t = est.reshape(-1, 3).astype(np.float64), raw.reshape(-1, 3).astype(np.float64)
   gain = (flat_e * flat_t).sum(0) / np.maximum((flat_e * flat_e).sum(0), 1e-12)
-  # the render's curve inverted (8-bit code -> linear), then UPI's colour and white balance
-  table = virtual_pairs.gamma_table(*virtual_pairs.PIX_GAMMA) / 65536.0
-  lin = np.interp(rgb.astype(np.float64), table, np.arange(table.size) / 65536.0)
-  m, wb = (np.asarray(pair["camera"][k], np.float64) for k in ("rgb2cam", "wb"))
-  x = np.clip(lin @ m.T / wb, 0.0, 1.0) * target_gains(wb)
-  exact = x if PROTOCOL_GAMMA[protocol] is None else np.asarray(
-      tone.gamma_compress(x.astype(np.float32), PROTOCOL_GAMMA[protocol]))
+  exact = np.asarray(prior.rgb_to_raw(rgb[None], pair["camera"], protocol,
+                                      tone_model="render"))[0]   # `--method upi_render`
   cap = raw_io.read_capture(path)
   white, render_white = raw_io.render_maximum(cap)
   _, default_white = raw_io.render_maximum(cap, raw_io.LIBRAW_ADJUST_MAXIMUM)

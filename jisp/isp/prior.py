@@ -12,6 +12,12 @@ highlights. `prior.mode` (config):
   residual  the output is prior + network: an all-zero network is exactly UPI
   both      both of the above
 
+`prior.tone` (config, default "upi"): how the estimate undoes the render's tone
+(jisp.isp.tone.TONE_MODELS): "upi" is Brooks et al.'s model (smoothstep over gamma 2.2),
+"render" the pair protocol's own render curve (LibRaw's BT.709-shaped gamma, no tone map),
+which is what the sRGB of every pair jisp prepares went through. The camera's colour still
+comes only from its metadata.
+
 Camera features are what jisp.core.camera.camera_features gives, with a leading batch axis:
 "rgb2cam" (B, 3, 3) linear sRGB -> camera RGB (rows sum to 1) and "wb" (B, 3) the
 white-balance gains with G = 1.
@@ -25,7 +31,7 @@ import numpy as np
 from jisp.core.camera import (PROTOCOL_GAMMA, SYNTHETIC_CAM2RGB, XYZ_TO_SRGB, CameraProfile,
                               camera_features)
 from jisp.core.errors import ConfigError
-from jisp.isp import unprocess, upi
+from jisp.isp import tone, unprocess, upi
 
 MODES = ("none", "input", "residual", "both")
 FEATURE_KEYS = ("rgb2cam", "wb")
@@ -47,6 +53,16 @@ def mode_of(config) -> str:
     raise ConfigError(f"bad value for config key 'prior.mode': {mode!r} (expected one of "
                       f"{', '.join(MODES)})")
   return mode
+
+
+def tone_of(config) -> str:
+  """config.prior.tone ("upi" when absent: configs and runs saved before the key)."""
+  block = config.get("prior") if hasattr(config, "get") else None
+  model = "upi" if block is None else block.get("tone", "upi")
+  if model not in tone.TONE_MODELS:
+    raise ConfigError(f"bad value for config key 'prior.tone': {model!r} (expected one of "
+                      f"{', '.join(tone.TONE_MODELS)})")
+  return model
 
 
 def takes_input(mode: str) -> bool:
@@ -94,28 +110,30 @@ def _params(rgb2cam, wb) -> unprocess.CameraParams:
                                 read_noise=jnp.zeros(()))
 
 
-def rgb_to_raw(rgb, camera: dict, protocol: str = "invisp", rgb_gain: float = 1.0):
+def rgb_to_raw(rgb, camera: dict, protocol: str = "invisp", rgb_gain: float = 1.0,
+               tone_model: str = "upi"):
   """UPI's RAW estimate (B, H, W, 3) in [0, 1] of sRGB patches (B, H, W, 3), each with its
   own camera (features with a batch axis, see `batched`)."""
   x = jnp.asarray(rgb, jnp.float32)
   cam = batched(camera, x.shape[0])
-  one = lambda img, m, wb: upi.rgb_to_raw(img, _params(m, wb), protocol, rgb_gain)
+  one = lambda img, m, wb: upi.rgb_to_raw(img, _params(m, wb), protocol, rgb_gain,
+                                          tone_model)
   return jnp.clip(jax.vmap(one)(x, cam["rgb2cam"], cam["wb"]), 0.0, 1.0)
 
 
-def raw_to_rgb(raw, camera: dict, protocol: str = "invisp"):
+def raw_to_rgb(raw, camera: dict, protocol: str = "invisp", tone_model: str = "upi"):
   """UPI's forward (process): the sRGB estimate of protocol-space RAW patches."""
   x = jnp.asarray(raw, jnp.float32)
   cam = batched(camera, x.shape[0])
-  one = lambda img, m, wb: upi.raw_to_rgb(img, _params(m, wb), protocol)
+  one = lambda img, m, wb: upi.raw_to_rgb(img, _params(m, wb), protocol, tone_model)
   return jnp.clip(jax.vmap(one)(x, cam["rgb2cam"], cam["wb"]), 0.0, 1.0)
 
 
-def estimate(direction: str, inputs, camera: dict, protocol: str):
+def estimate(direction: str, inputs, camera: dict, protocol: str, tone_model: str = "upi"):
   """The prior of a task mapping `direction` ("rgb2raw" / "raw2rgb") for its inputs."""
   if direction == "rgb2raw":
-    return rgb_to_raw(inputs, camera, protocol)
-  return raw_to_rgb(inputs, camera, protocol)
+    return rgb_to_raw(inputs, camera, protocol, tone_model=tone_model)
+  return raw_to_rgb(inputs, camera, protocol, tone_model)
 
 
 def feature_spec(batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:

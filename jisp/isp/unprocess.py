@@ -109,24 +109,24 @@ def safe_invert_gains(image, wb_gains):
   return image * safe
 
 
-def unprocess(srgb, params: CameraParams):
-  """sRGB (..., H, W, 3) in [0,1] -> noise-free linear camera RGB in [0,1]."""
-  x = tone.inverse_smoothstep(srgb)
-  x = tone.gamma_expand(x, 2.2)
+def unprocess(srgb, params: CameraParams, tone_model: str = "upi"):
+  """sRGB (..., H, W, 3) in [0,1] -> noise-free linear camera RGB in [0,1]. tone_model
+  (jisp.isp.tone.TONE_MODELS): "upi" inverts Brooks et al.'s smoothstep and gamma 2.2,
+  "render" the pair protocol's own render curve."""
+  x = tone.to_linear(srgb, tone_model)
   x = apply_ccm(x, params.rgb2cam)
   x = safe_invert_gains(x, params.wb_gains)
   # Saturated colours can leave the camera gamut (rgb2cam has negative entries).
   return jnp.clip(x, 0.0, 1.0)
 
 
-def process(linear_cam_rgb, params: CameraParams):
+def process(linear_cam_rgb, params: CameraParams, tone_model: str = "upi"):
   """Linear camera RGB (..., H, W, 3) -> sRGB in [0,1]: the forward model of `unprocess`."""
   x = jnp.asarray(linear_cam_rgb) * params.wb_gains
   x = jnp.clip(x, 0.0, 1.0)  # the sensor saturates before colour correction
   x = apply_ccm(x, params.cam2rgb)
   x = jnp.clip(x, 0.0, 1.0)
-  x = tone.gamma_compress(x, 2.2)
-  return tone.smoothstep(x)
+  return tone.from_linear(x, tone_model)
 
 
 def add_noise(key, mosaic, shot, read):

@@ -49,22 +49,24 @@ def _check(protocol):
 
 
 def rgb_to_raw(rgb, cam: unprocess.CameraParams, protocol: str = "invisp",
-               rgb_gain: float = 1.0):
+               rgb_gain: float = 1.0, tone_model: str = "upi"):
   """sRGB (..., 3) in [0, 1] -> the protocol's RAW (white-balanced camera RGB, gamma for
   invisp), in [0, 1]. rgb_gain: Brooks et al.'s brightness gain, the digital gain the ISP
-  is assumed to have applied (1: none); unprocessing divides by it."""
+  is assumed to have applied (1: none); unprocessing divides by it. tone_model: how the
+  render's tone is undone (jisp.isp.tone.TONE_MODELS; "upi" is Brooks et al.'s)."""
   gamma = _check(protocol)
-  lin = unprocess.unprocess(jnp.asarray(rgb, jnp.float32), cam)   # camera RGB, WB undone
+  lin = unprocess.unprocess(jnp.asarray(rgb, jnp.float32), cam, tone_model)  # WB undone
   x = lin * _target_gains(cam) / rgb_gain                          # the protocol's WB
   return tone.gamma_compress(x, gamma) if gamma else x
 
 
-def raw_to_rgb(raw, cam: unprocess.CameraParams, protocol: str = "invisp"):
+def raw_to_rgb(raw, cam: unprocess.CameraParams, protocol: str = "invisp",
+               tone_model: str = "upi"):
   """The protocol's RAW -> sRGB by UPI's forward `process` (white balance already applied)."""
   gamma = _check(protocol)
   x = jnp.asarray(raw, jnp.float32)
   lin = tone.gamma_expand(x, gamma) if gamma else x
-  return unprocess.process(lin / _target_gains(cam), cam)
+  return unprocess.process(lin / _target_gains(cam), cam, tone_model)
 
 
 # A camera for photos whose camera is unknown: UPI's average camera, 12-bit, with the middle

@@ -139,6 +139,7 @@ class DDPMTask(CameraPriorTask):
     self.raw_channels = config.model.out_channels
     self.prior = prior_lib.mode_of(config)
     self.protocol = prior_lib.check_protocol(config, self.prior)
+    self.prior_tone = prior_lib.tone_of(config)
     prior_ch = self.raw_channels if prior_lib.takes_input(self.prior) else 0
     self.cond_channels = config.model.in_channels - config.model.out_channels - prior_ch
     if self.prior != "none" and (self.cond_channels != 3 or self.raw_channels != 3):
@@ -190,7 +191,7 @@ class DDPMTask(CameraPriorTask):
     if self.prior == "none":
       return cond, None
     base = prior_lib.rgb_to_raw(rgb, self.default_features if camera is None else camera,
-                                self.protocol)
+                                self.protocol, tone_model=self.prior_tone)
     if prior_lib.takes_input(self.prior):
       cond = jnp.concatenate([cond, to_model_range(base)], axis=-1)
     return cond, base if prior_lib.is_residual(self.prior) else None

@@ -18,6 +18,8 @@ test image's (or `--like`'s) at inference through predict's camera; "auto" is "c
 with real data (data.dir or data.source = "mixed") and UPI's mean camera on the synthetic
 source; "mean", "synthetic" and "manifest" (data.dir's camera) fix one camera. A
 regression estimator that itself takes the camera (prior.mode) gets the same features.
+`dtdm.upi_tone`: how the UPI estimator undoes the render's tone, "upi" (Brooks et al.'s
+model) or "render" (the pair protocol's own curve; jisp.isp.tone.TONE_MODELS).
 
 Network: the jisp U-Net on concat[m_t, condition, x] (9 channels) and t (c = x, so the
 colour-position condition is the estimate itself, as in the paper). Data live in [0, 1];
@@ -40,7 +42,7 @@ from jisp.core import metrics, microbatch
 from jisp.core.camera import SYNTHETIC_CAM2RGB
 from jisp.core.errors import ConfigError, OptionError
 from jisp.diffusion import dtdm, losses, samplers, schedules
-from jisp.isp import degrade, upi
+from jisp.isp import degrade, tone, upi
 from jisp.isp import prior as prior_lib
 from jisp.models import unet
 from jisp.tasks.base import DETERMINISTIC, IOSpec, PredictOptions, Requirements, Task
@@ -147,6 +149,9 @@ class DTDMTask(Task):
       raise ConfigError(f"config block 'dtdm.degrade': {e}") from None
     self.protocol = config.data.get("protocol", "invisp")
     self.camera_mode = camera_profile_mode(config)
+    self.upi_tone = d.get("upi_tone", "upi")
+    if self.upi_tone not in tone.TONE_MODELS:
+      raise _bad("dtdm.upi_tone", self.upi_tone, " / ".join(tone.TONE_MODELS))
     self._g_camera = False
     self._estimate = self._make_estimator()
     self._color = self._upi_estimator() if self.color == "upi" else None
@@ -158,10 +163,14 @@ class DTDMTask(Task):
     if self.camera_mode:
       fallback = prior_lib.features(prior_lib.default_profile(self.config, self.inputs.camera))
       return lambda c, camera=None: prior_lib.estimate(
-          self.direction, c, fallback if camera is None else camera, self.protocol)
+          self.direction, c, fallback if camera is None else camera, self.protocol,
+          self.upi_tone)
     cam = upi.camera_params(upi_cam2rgb(self.config, self.inputs.camera))
-    fwd = upi.raw_to_rgb if self.direction == "raw2rgb" else upi.rgb_to_raw
-    return lambda c, camera=None: jnp.clip(fwd(c, cam, self.protocol), 0.0, 1.0)
+    if self.direction == "raw2rgb":
+      fwd = lambda c: upi.raw_to_rgb(c, cam, self.protocol, self.upi_tone)
+    else:
+      fwd = lambda c: upi.rgb_to_raw(c, cam, self.protocol, tone_model=self.upi_tone)
+    return lambda c, camera=None: jnp.clip(fwd(c), 0.0, 1.0)
 
   def _make_estimator(self):
     """The test-time x = estimator(condition), [0, 1] -> [0, 1]; None for a raw2rgb run

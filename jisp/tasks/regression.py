@@ -40,6 +40,7 @@ class RegressionTask(CameraPriorTask):
     self.src, self.dst = DIRECTIONS[direction]
     self.prior = prior_lib.mode_of(config)
     self.protocol = prior_lib.check_protocol(config, self.prior)
+    self.prior_tone = prior_lib.tone_of(config)
     self.model = color_net.from_config(config.model)
     if prior_lib.is_residual(self.prior) and hasattr(self.model, "residual"):
       self.model = self.model.clone(residual=False)  # the prior is the identity now
@@ -72,7 +73,8 @@ class RegressionTask(CameraPriorTask):
   def estimate_prior(self, inputs, camera=None):
     """UPI with the camera's metadata on inputs (B, H, W, 3); camera: features with a
     batch axis, or None for the run's default camera."""
-    return prior_lib.estimate(self.direction, inputs, self.camera_of(camera), self.protocol)
+    return prior_lib.estimate(self.direction, inputs, self.camera_of(camera), self.protocol,
+                              self.prior_tone)
 
   def apply(self, params, inputs, camera=None):
     """Unclipped output for inputs (B, H, W, 3) in [0, 1] (camera: see estimate_prior)."""

@@ -105,6 +105,7 @@ class SSDNetTask(Task):
                           "as a residual base ('residual') with model.output='rgb3' only")
       self.protocol = prior_lib.check_protocol(config, self.prior)
       self.model = _residual_model(self.model)
+    self.prior_tone = prior_lib.tone_of(config)
     self.default_features = prior_lib.features(
         prior_lib.default_profile(config, self.inputs.camera))
     self.soft = config.soft
@@ -156,7 +157,7 @@ class SSDNetTask(Task):
     if self.prior == "none":
       return out
     base = prior_lib.rgb_to_raw(x, self.default_features if camera is None else camera,
-                                self.protocol)
+                                self.protocol, tone_model=self.prior_tone)
     return dict(out, mu=jnp.clip(base + out["mu"], 0.0, 1.0))
 
   def draws(self, rng, batch):

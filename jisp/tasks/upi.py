@@ -9,6 +9,10 @@ train loop; the fitted matrix absorbs the white balance). When the target camera
 reconstruct), its own colour matrix and white balance are used instead — Brooks et al.'s
 unprocessing with the camera's metadata.
 
+config.upi.tone: how the render's tone is undone (jisp.isp.tone.TONE_MODELS): "upi", Brooks
+et al.'s smoothstep over gamma 2.2 (the paper), or "render", the pair protocol's own render
+curve (`--method upi_render`).
+
 config.upi.rgb_gain: Brooks et al.'s brightness gain (the digital gain the ISP is assumed
 to have applied, unprocessing divides by it); 1 = none, jisp's default (their training
 draws 1 / N(0.8, 0.1), mean 1.25).
@@ -22,7 +26,7 @@ import numpy as np
 from jisp.core import metrics
 from jisp.core.camera import PROTOCOL_GAMMA
 from jisp.core.errors import ConfigError
-from jisp.isp import unprocess, upi
+from jisp.isp import tone, unprocess, upi
 from jisp.tasks.base import IOSpec, Task
 
 
@@ -38,6 +42,10 @@ class UPITask(Task):
     self.rgb_gain = float(config.upi.rgb_gain)
     if not self.rgb_gain > 0:
       raise ConfigError(f"bad value for config key 'upi.rgb_gain': {self.rgb_gain} (must be > 0)")
+    self.tone = config.upi.get("tone", "upi")
+    if self.tone not in tone.TONE_MODELS:
+      raise ConfigError(f"bad value for config key 'upi.tone': {self.tone!r} (expected one "
+                        f"of {', '.join(tone.TONE_MODELS)})")
     self.patch = int(config.data.patch_size)
 
   @property
@@ -59,7 +67,7 @@ class UPITask(Task):
     cam = unprocess.CameraParams(rgb2cam=rgb2cam, cam2rgb=jnp.linalg.inv(rgb2cam),
                                  wb_gains=wb, shot_noise=jnp.zeros(()),
                                  read_noise=jnp.zeros(()))
-    return upi.rgb_to_raw(inputs, cam, self.protocol, self.rgb_gain)
+    return upi.rgb_to_raw(inputs, cam, self.protocol, self.rgb_gain, self.tone)
 
   def _camera(self, params, batch, camera):
     if camera is not None:

@@ -104,7 +104,9 @@ def load_run(workdir, use_ema: bool = True, *, _loading: tuple = ()) -> Run:
 
 
 # Methods that need no training, usable wherever a run is (`--method NAME`).
-BASELINES = {"upi": "upi.py"}
+# upi_render: UPI with the pair protocol's own render curve in place of Brooks et al.'s
+# tone model (jisp.isp.tone.TONE_MODELS): the strongest estimate metadata alone gives.
+BASELINES = {"upi": "upi.py", "upi_render": "upi.py:tone=render"}
 
 
 def baseline_run(name: str, overrides=()) -> Run:
