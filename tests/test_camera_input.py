@@ -101,6 +101,20 @@ def test_zero_network_with_the_render_tone_is_that_estimate(name, cameras):
   assert np.abs(np.asarray(want - prior.rgb_to_raw(x, cameras[2][1]))).mean() > 1e-2
 
 
+def test_ssdnet_with_zero_init_starts_as_its_prior(cameras):
+  """prior.zero_init: the freshly initialised residual SSDNet (not a zeroed one) is the
+  prior exactly; without it, PyTorch's init of the head adds a random correction."""
+  x = _rgb()
+  want = np.asarray(prior.rgb_to_raw(x, cameras[2][0]))
+  for zero, close in (("true", True), ("false", False)):
+    spec, overrides, _ = RESIDUAL["ssdnet"]
+    task = get_task(load(spec, overrides + [f"--config.prior.zero_init={zero}"]))
+    params = task.init_params(jax.random.PRNGKey(0))
+    out = np.asarray(task.predict(params, x, None, PredictOptions(), camera=prior.batched(
+        cameras[2][0], x.shape[0])))
+    assert np.allclose(out, want, atol=2e-6) == close, zero
+
+
 def test_the_render_tone_inverts_libraws_render_of_a_camera_file(cameras):
   """On the pairs jisp evaluates (LibRaw's render of a camera file, through the JPEG
   round trip), UPI with the render's own curve is far closer to the RAW than Brooks et

@@ -74,3 +74,18 @@ def test_a_table_of_the_other_tone_model_is_not_extended(tmp_path):
   (tmp_path / "loco.json").write_text(json.dumps({"cameras": {}}))   # before the key: upi
   with pytest.raises(DataError, match="prior-tone upi"):
     loco.run(tmp_path, tmp_path, 1.0, prior_tone="render")
+
+
+@pytest.mark.parametrize("name", sorted(loco.KNOWN))
+def test_every_methods_schedule_ends_at_its_budgeted_last_step(name):
+  """A budget buys a run its steps and its whole schedule: the learning rate reaches the
+  config's end_lr at the last step, whatever the step count (SSDNet's own fixed-length
+  cosine would not)."""
+  from jisp.core.config import load
+  from jisp.train import optim
+  config, overrides, _ = loco.KNOWN[name]
+  c = load(config, overrides)
+  for steps in (200, 1500):
+    lr = optim.make_lr_schedule(c.optim, steps)
+    assert float(lr(steps)) == pytest.approx(c.optim.end_lr, rel=1e-3), steps
+    assert float(lr(steps // 2)) > 10 * c.optim.end_lr

@@ -28,7 +28,8 @@ def add_parser(sub, name):
   c.add_argument("--leave-one-camera-out", action="store_true",
                  help="--data is a folder of RAW files of several cameras: for each camera, "
                       "train every method (--loco-methods) on the others for --cpu-seconds "
-                      "and test it and UPI on that camera (OUT/loco.md, loco.json)")
+                      "and test it, UPI and UPI with the render's curve on that camera "
+                      "(OUT/loco.md, loco.json)")
   c.add_argument("--loco-methods", default=None,
                  help="comma-separated subset of regression,ssdnet,ddpm,dtdm (default all)")
   c.add_argument("--loco-prior-tone", default="render", choices=("render", "upi"),
@@ -88,7 +89,7 @@ def _leave_one_camera_out(args) -> int:
   from jisp.experiments import loco
   if args.runs or args.baseline:
     raise OptionError("--leave-one-camera-out trains its own runs: drop the RUN folders and "
-                      "--baseline (UPI is always in its table)")
+                      "--baseline (UPI and upi_render are always in its table)")
   methods = args.loco_methods.split(",") if args.loco_methods else None
   for m in methods or ():
     if m not in loco.KNOWN:

@@ -4,7 +4,9 @@ prior.mode (jisp.isp.prior): "none" (the papers' plain network, the default), "i
 "residual" or "both": UPI with the target camera's own metadata as extra input channels
 and/or the base the network's output is added to. prior.tone: how that estimate undoes
 the render's tone, "upi" (Brooks et al.'s smoothstep over gamma 2.2, the default) or
-"render" (the pair protocol's own render curve; jisp.isp.tone.TONE_MODELS).
+"render" (the pair protocol's own render curve; jisp.isp.tone.TONE_MODELS). prior.zero_init
+(SSDNet's residual variant): its output layer starts at zero, so the untrained network is
+exactly the prior.
 
 data.source = "mixed" (jisp.data.virtual_pairs): prepared shards (data.dir) mixed with
 virtual-camera pairs made on the fly; data.virtual_ratio of every batch is virtual (1: no
@@ -25,6 +27,7 @@ def add_camera_options(c, prior: str = "none", with_prior: bool = True):
     c.prior = ml_collections.ConfigDict()
     c.prior.mode = prior
     c.prior.tone = "upi"
+    c.prior.zero_init = False
   c.data.virtual_ratio = 0.5
   c.data.virtual_matrices = "upi+data"
   c.data.virtual_render = "mhc"

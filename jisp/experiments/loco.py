@@ -14,8 +14,9 @@ reads):
           CPU seconds of one training step inside the process (`cpu_s` of metrics.jsonl
           between two logged steps after the first, so start-up and compilation are not
           counted), and the run then gets the steps that fit --cpu-seconds, so its
-          learning-rate schedule runs to its end; the run's own steps are measured the
-          same way and recorded
+          learning-rate schedule runs to its end (SSDNet takes the others' warm-up-cosine
+          schedule and EMA for it, SSDNET_RECIPE, and starts its residual head at zero,
+          prior.zero_init); the run's own steps are measured the same way and recorded
   test    `jisp eval` of each run on W/C/test_raw: each test file's own metadata reaches
           the methods that take the camera (prior.mode, dtdm.upi_profile=camera), and the
           two baselines with that metadata and no learning: `jisp eval --method upi`
@@ -38,10 +39,16 @@ import time
 
 from jisp.core.fileio import atomic_write_json, atomic_write_text
 
+# SSDNet's own schedule (Restormer's: constant, then a cosine over a fixed length) would
+# stop a budgeted run part-way down its cosine; the others' recipe instead: warm-up, a
+# cosine that ends at the run's last step, and their EMA.
+SSDNET_RECIPE = ["--config.optim.schedule=warmup_cosine", "--config.optim.warmup_steps=20",
+                 "--config.optim.ema_decay=0.99"]
 # name -> (config, overrides, eval options); tiny configs with the camera as an input.
 METHODS = {
     "regression": ("regression_rgb2raw_tiny.py:prior=both", [], []),
-    "ssdnet": ("ssdnet_tiny.py:prior=residual", ["--config.stages=()"], []),
+    "ssdnet": ("ssdnet_tiny.py:prior=residual", ["--config.stages=()", *SSDNET_RECIPE,
+                                                  "--config.prior.zero_init=true"], []),
     "ddpm": ("ddpm_tiny.py:prior=both,prediction=x0", [],
              ["--sampler", "dpm_solver", "--steps", "10"]),
     "dtdm": ("dtdm_rgb2raw_tiny.py", ["--config.dtdm.upi_profile=camera"],
@@ -52,6 +59,8 @@ METHODS = {
 ABLATIONS = {
     "ddpm_v": ("ddpm_tiny.py:prior=both", [], ["--sampler", "dpm_solver", "--steps", "10"]),
 }
+ABLATIONS["ssdnet_torch_head"] = (   # its residual head at PyTorch's init, not zero
+    "ssdnet_tiny.py:prior=residual", ["--config.stages=()", *SSDNET_RECIPE], [])
 KNOWN = {**METHODS, **ABLATIONS}
 BASELINES = ("upi", "upi_render")   # jisp.train.runs.BASELINES, no training
 TONES = ("render", "upi")             # jisp.isp.tone.TONE_MODELS, the --prior-tone choices

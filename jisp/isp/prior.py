@@ -65,6 +65,17 @@ def tone_of(config) -> str:
   return model
 
 
+def zero_init_of(config) -> bool:
+  """config.prior.zero_init (False when absent): a residual network's output layer starts
+  at zero, so the untrained network returns the prior exactly."""
+  block = config.get("prior") if hasattr(config, "get") else None
+  value = False if block is None else block.get("zero_init", False)
+  if not isinstance(value, bool):
+    raise ConfigError(f"bad value for config key 'prior.zero_init': {value!r} (expected "
+                      "true or false)")
+  return value
+
+
 def takes_input(mode: str) -> bool:
   return mode in ("input", "both")
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -54,18 +55,23 @@ def dihedral_inverse(x, op: int):
 
 
 class ResidualSSDNet(ssdnet.SSDNet):
-  """SSDNet with mu's head unclipped (the same parameters): the residual over the prior."""
+  """SSDNet with mu's head unclipped (the same parameters): the residual over the prior.
+  zero_head: that head starts at zero, so the untrained network is the prior itself."""
+  zero_head: bool = False
 
   def _head(self, x, name, h, w):
     if name != "out" or self.output != "rgb3":
       return super()._head(x, name, h, w)
-    return ssdnet.conv(3, 3, name, dtype=self.dtype)(x)[:, :h, :w].astype(jnp.float32)
+    init = nn.initializers.zeros if self.zero_head else ssdnet.TORCH_KERNEL_INIT
+    layer = nn.Conv(3, (3, 3), padding="SAME", use_bias=False, kernel_init=init,
+                    dtype=self.dtype, name=name)   # ssdnet.conv's, with its own init
+    return layer(x)[:, :h, :w].astype(jnp.float32)
 
 
-def _residual_model(model: ssdnet.SSDNet) -> ResidualSSDNet:
+def _residual_model(model: ssdnet.SSDNet, zero_head: bool = False) -> ResidualSSDNet:
   kw = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
         if f.init and f.name not in ("parent", "name")}
-  return ResidualSSDNet(**kw)
+  return ResidualSSDNet(**kw, zero_head=zero_head)
 
 
 def _check_soft(s):
@@ -104,7 +110,7 @@ class SSDNetTask(Task):
         raise ConfigError(f"config key 'prior.mode'={self.prior!r}: SSDNet takes the prior "
                           "as a residual base ('residual') with model.output='rgb3' only")
       self.protocol = prior_lib.check_protocol(config, self.prior)
-      self.model = _residual_model(self.model)
+      self.model = _residual_model(self.model, prior_lib.zero_init_of(config))
     self.prior_tone = prior_lib.tone_of(config)
     self.default_features = prior_lib.features(
         prior_lib.default_profile(config, self.inputs.camera))
