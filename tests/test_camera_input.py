@@ -266,6 +266,10 @@ def test_bad_camera_configs_fail_clearly():
                   ["--config.data.protocol=packed"]))
   with pytest.raises(ConfigError, match="prior.tone"):
     get_task(load("regression_rgb2raw_tiny.py:prior=both", ["--config.prior.tone=filmic"]))
+  for spec in ("regression_rgb2raw_tiny.py:prior=both", "ddpm_tiny.py:prior=both",
+               "ssdnet_tiny.py"):
+    with pytest.raises(ConfigError, match="prior.zero_init"):
+      get_task(load(spec, ["--config.prior.zero_init=true"]))
   with pytest.raises(ConfigError, match="dtdm.upi_tone"):
     get_task(load("dtdm_rgb2raw_tiny.py", ["--config.dtdm.upi_tone=filmic"]))
   with pytest.raises(ConfigError, match="upi.tone"):

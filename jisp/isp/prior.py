@@ -76,6 +76,13 @@ def zero_init_of(config) -> bool:
   return value
 
 
+def refuse_zero_init(config, task: str) -> None:
+  """ConfigError when prior.zero_init is set for a task that has no zero-able head."""
+  if zero_init_of(config):
+    raise ConfigError(f"config key 'prior.zero_init'=true: only SSDNet's residual variant "
+                      f"(prior.mode=residual) starts its head at zero, not {task}")
+
+
 def takes_input(mode: str) -> bool:
   return mode in ("input", "both")
 

@@ -140,6 +140,7 @@ class DDPMTask(CameraPriorTask):
     self.prior = prior_lib.mode_of(config)
     self.protocol = prior_lib.check_protocol(config, self.prior)
     self.prior_tone = prior_lib.tone_of(config)
+    prior_lib.refuse_zero_init(config, self.name)
     prior_ch = self.raw_channels if prior_lib.takes_input(self.prior) else 0
     self.cond_channels = config.model.in_channels - config.model.out_channels - prior_ch
     if self.prior != "none" and (self.cond_channels != 3 or self.raw_channels != 3):

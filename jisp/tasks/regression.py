@@ -41,6 +41,7 @@ class RegressionTask(CameraPriorTask):
     self.prior = prior_lib.mode_of(config)
     self.protocol = prior_lib.check_protocol(config, self.prior)
     self.prior_tone = prior_lib.tone_of(config)
+    prior_lib.refuse_zero_init(config, self.name)
     self.model = color_net.from_config(config.model)
     if prior_lib.is_residual(self.prior) and hasattr(self.model, "residual"):
       self.model = self.model.clone(residual=False)  # the prior is the identity now

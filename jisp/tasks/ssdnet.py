@@ -112,6 +112,8 @@ class SSDNetTask(Task):
       self.protocol = prior_lib.check_protocol(config, self.prior)
       self.model = _residual_model(self.model, prior_lib.zero_init_of(config))
     self.prior_tone = prior_lib.tone_of(config)
+    if self.prior == "none":
+      prior_lib.refuse_zero_init(config, "the plain SSDNet (prior.mode=none)")
     self.default_features = prior_lib.features(
         prior_lib.default_profile(config, self.inputs.camera))
     self.soft = config.soft
