@@ -45,34 +45,43 @@ SYNTHETIC_PROFILE = CameraProfile(
     camera="jisp synthetic camera")
 
 
-def mode_of(config) -> str:
-  """config.prior.mode ("none" when the config has no prior block: runs saved before it)."""
+def _key(config, name: str, default):
+  """config.prior.NAME, `default` when the config has no prior block or no such key
+  (configs and runs saved before it)."""
   block = config.get("prior") if hasattr(config, "get") else None
-  mode = "none" if block is None else block.get("mode", "none")
+  return default if block is None else block.get(name, default)
+
+
+def _bad(key: str, value, expected: str) -> ConfigError:
+  return ConfigError(f"bad value for config key '{key}': {value!r} (expected {expected})")
+
+
+def mode_of(config) -> str:
+  """config.prior.mode ("none" when absent)."""
+  mode = _key(config, "mode", "none")
   if mode not in MODES:
-    raise ConfigError(f"bad value for config key 'prior.mode': {mode!r} (expected one of "
-                      f"{', '.join(MODES)})")
+    raise _bad("prior.mode", mode, f"one of {', '.join(MODES)}")
   return mode
 
 
-def tone_of(config) -> str:
-  """config.prior.tone ("upi" when absent: configs and runs saved before the key)."""
-  block = config.get("prior") if hasattr(config, "get") else None
-  model = "upi" if block is None else block.get("tone", "upi")
+def check_tone(model: str, key: str) -> str:
+  """A tone model read from config key `key`; ConfigError naming the key if unknown."""
   if model not in tone.TONE_MODELS:
-    raise ConfigError(f"bad value for config key 'prior.tone': {model!r} (expected one of "
-                      f"{', '.join(tone.TONE_MODELS)})")
+    raise _bad(key, model, f"one of {', '.join(tone.TONE_MODELS)}")
   return model
+
+
+def tone_of(config) -> str:
+  """config.prior.tone ("upi" when absent)."""
+  return check_tone(_key(config, "tone", "upi"), "prior.tone")
 
 
 def zero_init_of(config) -> bool:
   """config.prior.zero_init (False when absent): a residual network's output layer starts
   at zero, so the untrained network returns the prior exactly."""
-  block = config.get("prior") if hasattr(config, "get") else None
-  value = False if block is None else block.get("zero_init", False)
+  value = _key(config, "zero_init", False)
   if not isinstance(value, bool):
-    raise ConfigError(f"bad value for config key 'prior.zero_init': {value!r} (expected "
-                      "true or false)")
+    raise _bad("prior.zero_init", value, "true or false")
   return value
 
 

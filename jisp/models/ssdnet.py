@@ -80,10 +80,11 @@ def pixel_shuffle(x, r: int = 2):
   return x.transpose(0, 1, 4, 2, 5, 3).reshape(b, h * r, w * r, c)
 
 
-def conv(features: int, k: int, name: str, dtype=jnp.float32) -> nn.Conv:
-  """Stride-1, zero-'SAME', bias-free dense conv with PyTorch's initialisation."""
+def conv(features: int, k: int, name: str, dtype=jnp.float32,
+         kernel_init=TORCH_KERNEL_INIT) -> nn.Conv:
+  """Stride-1, zero-'SAME', bias-free dense conv, by default with PyTorch's initialisation."""
   return nn.Conv(features, (k, k), padding="SAME", use_bias=False,
-                 kernel_init=TORCH_KERNEL_INIT, dtype=dtype, name=name)
+                 kernel_init=kernel_init, dtype=dtype, name=name)
 
 
 class DepthwiseConv(nn.Module):

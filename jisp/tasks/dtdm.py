@@ -42,7 +42,7 @@ from jisp.core import metrics, microbatch
 from jisp.core.camera import SYNTHETIC_CAM2RGB
 from jisp.core.errors import ConfigError, OptionError
 from jisp.diffusion import dtdm, losses, samplers, schedules
-from jisp.isp import degrade, tone, upi
+from jisp.isp import degrade, upi
 from jisp.isp import prior as prior_lib
 from jisp.models import unet
 from jisp.tasks.base import DETERMINISTIC, IOSpec, PredictOptions, Requirements, Task
@@ -149,9 +149,7 @@ class DTDMTask(Task):
       raise ConfigError(f"config block 'dtdm.degrade': {e}") from None
     self.protocol = config.data.get("protocol", "invisp")
     self.camera_mode = camera_profile_mode(config)
-    self.upi_tone = d.get("upi_tone", "upi")
-    if self.upi_tone not in tone.TONE_MODELS:
-      raise _bad("dtdm.upi_tone", self.upi_tone, " / ".join(tone.TONE_MODELS))
+    self.upi_tone = prior_lib.check_tone(d.get("upi_tone", "upi"), "dtdm.upi_tone")
     self._g_camera = False
     self._estimate = self._make_estimator()
     self._color = self._upi_estimator() if self.color == "upi" else None

@@ -63,9 +63,8 @@ class ResidualSSDNet(ssdnet.SSDNet):
     if name != "out" or self.output != "rgb3":
       return super()._head(x, name, h, w)
     init = nn.initializers.zeros if self.zero_head else ssdnet.TORCH_KERNEL_INIT
-    layer = nn.Conv(3, (3, 3), padding="SAME", use_bias=False, kernel_init=init,
-                    dtype=self.dtype, name=name)   # ssdnet.conv's, with its own init
-    return layer(x)[:, :h, :w].astype(jnp.float32)
+    return ssdnet.conv(3, 3, name, dtype=self.dtype, kernel_init=init)(x)[
+        :, :h, :w].astype(jnp.float32)
 
 
 def _residual_model(model: ssdnet.SSDNet, zero_head: bool = False) -> ResidualSSDNet:

@@ -26,7 +26,8 @@ import numpy as np
 from jisp.core import metrics
 from jisp.core.camera import PROTOCOL_GAMMA
 from jisp.core.errors import ConfigError
-from jisp.isp import tone, unprocess, upi
+from jisp.isp import prior as prior_lib
+from jisp.isp import unprocess, upi
 from jisp.tasks.base import IOSpec, Task
 
 
@@ -42,10 +43,7 @@ class UPITask(Task):
     self.rgb_gain = float(config.upi.rgb_gain)
     if not self.rgb_gain > 0:
       raise ConfigError(f"bad value for config key 'upi.rgb_gain': {self.rgb_gain} (must be > 0)")
-    self.tone = config.upi.get("tone", "upi")
-    if self.tone not in tone.TONE_MODELS:
-      raise ConfigError(f"bad value for config key 'upi.tone': {self.tone!r} (expected one "
-                        f"of {', '.join(tone.TONE_MODELS)})")
+    self.tone = prior_lib.check_tone(config.upi.get("tone", "upi"), "upi.tone")
     self.patch = int(config.data.patch_size)
 
   @property
