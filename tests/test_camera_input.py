@@ -115,6 +115,25 @@ def test_ssdnet_with_zero_init_starts_as_its_prior(cameras):
     assert np.allclose(out, want, atol=2e-6) == close, zero
 
 
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_fresh_residual_dtdm_samples_its_estimate_from_any_noise(eta, cameras):
+  """dtdm.prediction=residual (model.zero_out): the freshly initialised network, not a
+  zeroed one, returns UPI with the given camera whatever its start and step noise; the
+  paper's f-network from the same zero start does not (y_hat = m_t / sqrt(ab_t))."""
+  x = _rgb()
+  noise = np.asarray(jax.random.normal(jax.random.PRNGKey(3), x.shape), np.float32)
+  want = np.asarray(prior.rgb_to_raw(x, cameras[2][1]))
+  opts = PredictOptions(sampler="dtdm", steps=4, eta=eta)
+  for pred, close in (("residual", True), ("f", False)):
+    task = get_task(load(f"dtdm_rgb2raw_tiny.py:prediction={pred}",
+                         SMALL_UNET + ["--config.dtdm.upi_profile=camera",
+                                       "--config.model.zero_out=true"]))
+    params = task.init_params(jax.random.PRNGKey(0))
+    out = PatchPredictor(task, params, opts, max_batch=4, devices=2)(
+        x, noise, jax.random.PRNGKey(0), camera=cameras[2][1])
+    assert np.allclose(out, want, atol=2e-6) == close, pred
+
+
 def test_the_render_tone_inverts_libraws_render_of_a_camera_file(cameras):
   """On the pairs jisp evaluates (LibRaw's render of a camera file, through the JPEG
   round trip), UPI with the render's own curve is far closer to the RAW than Brooks et
@@ -139,6 +158,21 @@ def test_zero_x0_predicting_ddpm_is_upi_from_any_start_noise(sampler, cameras):
   noise = np.asarray(jax.random.normal(jax.random.PRNGKey(3), x.shape), np.float32)
   out = pred(x, noise, jax.random.PRNGKey(0), camera=cameras[2][1])
   np.testing.assert_allclose(out, prior.rgb_to_raw(x, cameras[2][1]), atol=2e-6)
+
+
+def test_fresh_x0_ddpm_with_zero_out_samples_upi(cameras):
+  """model.zero_out on the DDPM's U-Net: the freshly initialised x0-network over a residual
+  prior is UPI from any start noise; without it the random output conv adds a correction."""
+  x = _rgb()
+  noise = np.asarray(jax.random.normal(jax.random.PRNGKey(3), x.shape), np.float32)
+  want = np.asarray(prior.rgb_to_raw(x, cameras[2][1]))
+  opts = PredictOptions(sampler="dpm_solver", steps=4)
+  for zero, close in (("true", True), ("false", False)):
+    task = get_task(load("ddpm_tiny.py:prior=residual,prediction=x0",
+                         SMALL_UNET + [f"--config.model.zero_out={zero}"]))
+    out = PatchPredictor(task, task.init_params(jax.random.PRNGKey(0)), opts, max_batch=4,
+                         devices=2)(x, noise, jax.random.PRNGKey(0), camera=cameras[2][1])
+    assert np.allclose(out, want, atol=2e-6) == close, zero
 
 
 def test_eval_gives_the_network_each_test_files_own_camera(cameras):

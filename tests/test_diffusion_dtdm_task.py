@@ -30,7 +30,8 @@ def mu_of(w, x, scale=0.5):
 class OracleNet:
   """Stands in for the U-Net: `apply(variables, inp, t, ...)` as the task calls it."""
 
-  def __init__(self, schedule, s, sd, scale=0.5):
+  def __init__(self, schedule, s, sd, scale=0.5, prediction="f"):
+    self.prediction = prediction
     self.A = jnp.asarray(schedule.sqrt_alpha_bars, jnp.float32)
     self.S = jnp.asarray(schedule.sqrt_one_minus_alpha_bars, jnp.float32)
     self.g = dtdm.gamma_s(schedule, s)
@@ -46,13 +47,14 @@ class OracleNet:
     k, c = A - S * self.g, S * self.g
     mu = mu_of(w, x, self.scale)
     e_y = mu + k * self.sd ** 2 / (k * k * self.sd ** 2 + S * S) * (m - k * mu - c * x)
-    return (m - A * e_y) / S
+    # the residual network's Bayes output is E[y | m_t] over the estimate in its x slot
+    return e_y - x if self.prediction == "residual" else (m - A * e_y) / S
 
 
 @functools.lru_cache(maxsize=None)
-def make_task(direction, sd, scale=0.5):
-  task = tasks.get_task(load(CONFIGS[direction]))
-  task.model = OracleNet(task.schedule, task.s, sd, scale)
+def make_task(direction, sd, scale=0.5, prediction="f"):
+  task = tasks.get_task(load(f"{CONFIGS[direction]}:prediction={prediction}"))
+  task.model = OracleNet(task.schedule, task.s, sd, scale, prediction)
   return task
 
 
@@ -93,14 +95,17 @@ def exact_law(task, w, x, sd, steps, eta, scale=0.5):
   return mean, var
 
 
-@pytest.mark.parametrize("direction,eta", [("rgb2raw", 1.0), ("rgb2raw", 0.0),
-                                           ("raw2rgb", 1.0)])
-def test_predict_with_the_bayes_network_has_the_exact_chain_law(direction, eta):
+@pytest.mark.parametrize("direction,eta,prediction", [
+    ("rgb2raw", 1.0, "f"), ("rgb2raw", 0.0, "f"), ("raw2rgb", 1.0, "f"),
+    ("rgb2raw", 1.0, "residual"), ("rgb2raw", 0.0, "residual")])
+def test_predict_with_the_bayes_network_has_the_exact_chain_law(direction, eta, prediction):
   """eta = 1 sees lambda_t x (a wrong x there moves the mean or the spread by many
   standard errors); eta = 0 has lambda_t = 0 and sees the start m_s; both see the input
-  slots. Tolerance: 5 standard errors over all pixels of the standardized output."""
+  slots. A residual network (dtdm.prediction=residual) with the same Bayes y_hat must give
+  the same law: its y_hat = x + r is read as the f it implies. Tolerance: 5 standard
+  errors over all pixels of the standardized output."""
   sd = 0.05
-  task = make_task(direction, sd)
+  task = make_task(direction, sd, prediction=prediction)
   cond01, w, x = inputs(direction)
   opts = task.resolve_options(PredictOptions(clip_x0=False, eta=eta))
   out = np.asarray(predict(task, {}, cond01, jax.random.key(3), opts), np.float64) * 2 - 1
@@ -115,11 +120,11 @@ def test_predict_with_the_bayes_network_has_the_exact_chain_law(direction, eta):
   assert 0.85 * sd ** 2 < var < 1.05 * sd ** 2, var / sd ** 2
 
 
-@pytest.mark.parametrize("steps", [None, 7])
-def test_exact_target_network_returns_mu_of_the_slots_exactly(steps):
+@pytest.mark.parametrize("steps,prediction", [(None, "f"), (7, "f"), (7, "residual")])
+def test_exact_target_network_returns_mu_of_the_slots_exactly(steps, prediction):
   """SD = 0: y_hat = mu(w, x) at every call, so the output is mu to float precision,
   whatever the noise; a swapped or mis-scaled slot changes it per pixel."""
-  task = make_task("rgb2raw", 0.0)
+  task = make_task("rgb2raw", 0.0, prediction=prediction)
   _, w, x = inputs("rgb2raw")
   opts = task.resolve_options(PredictOptions(clip_x0=False, steps=steps))
   out = sample_model_range(task, {}, w, x, jax.random.key(5), opts)
@@ -148,5 +153,16 @@ def test_clip_x0_clips_dtdm_y_hat_at_every_network_call():
     np.testing.assert_allclose(clipped, np.clip(mu, -1, 1), atol=1e-4)
   for clip in (False, True):
     opts = task.resolve_options(PredictOptions(clip_x0=clip))
+    out = np.asarray(sample_model_range(task, {}, w, x, jax.random.key(5), opts))
+    np.testing.assert_allclose(out, np.clip(mu, -1, 1) if clip else mu, atol=2e-5)
+
+
+def test_clip_x0_clips_a_residual_networks_y_hat():
+  """prediction=residual: clip_x0 clips y_hat = x + r itself, end to end in model range."""
+  task = make_task("rgb2raw", 0.0, scale=3.0, prediction="residual")
+  _, w, x = inputs("rgb2raw")
+  mu = np.asarray(mu_of(w, x, 3.0))
+  for clip in (False, True):
+    opts = task.resolve_options(PredictOptions(clip_x0=clip, steps=7))
     out = np.asarray(sample_model_range(task, {}, w, x, jax.random.key(5), opts))
     np.testing.assert_allclose(out, np.clip(mu, -1, 1) if clip else mu, atol=2e-5)

@@ -266,3 +266,21 @@ def test_start_below_s_is_the_papers_test_protocol():
       dtdm.plan(PAPER, s, start_step=bad)
   with pytest.raises(ValueError, match="start_step=93"):
     dtdm.plan(PAPER, s, start_step=t0, grid=[100, 0])
+
+
+def test_residual_loss_is_zero_for_the_oracle_and_the_estimate_gap_for_zero():
+  """dtdm.prediction=residual: a network returning y - x has zero loss; the zero network
+  (the estimate itself) costs mean((x - y)^2); f_of is the inverse of Eq. 21."""
+  x, y = _xy((8, 4, 4, 3))
+  s = 100
+  cond = jnp.zeros_like(x)
+  key = jax.random.PRNGKey(0)
+  assert float(dtdm.residual_loss(lambda inp, t: y - x, PAPER, s, x, y, cond, key)) < 1e-12
+  l0 = dtdm.residual_loss(lambda inp, t: jnp.zeros_like(y), PAPER, s, x, y, cond, key)
+  np.testing.assert_allclose(float(l0), float(jnp.mean((x - y) ** 2)), rtol=1e-6)
+  t = jnp.array([1, 5, 37, 60, 80, 90, 99, 100])
+  m = dtdm.q_sample(PAPER, s, x, y, t, jax.random.normal(jax.random.PRNGKey(1), x.shape))
+  f = dtdm.f_of(PAPER, m, y, t)
+  np.testing.assert_allclose(dtdm.predict_y(PAPER, m, f, t), y, atol=1e-5)
+  with pytest.raises(ValueError, match="prediction"):
+    dtdm.check_prediction("eps")

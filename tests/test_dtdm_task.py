@@ -117,6 +117,10 @@ def test_bad_dtdm_configs_fail_clearly():
     DTDMTask(load(RGB2RAW, SHORT + ["--config.dtdm.direction=up"]))
   with pytest.raises(ConfigError, match="dtdm.s"):
     DTDMTask(load(RGB2RAW, SHORT + ["--config.dtdm.s=5000"]))
+  with pytest.raises(ConfigError, match="dtdm.prediction"):
+    DTDMTask(load(RGB2RAW, SHORT + ["--config.dtdm.prediction=eps"]))
+  with pytest.raises(ConfigError, match="dtdm.prediction"):   # the DDPM arms predict eps
+    DTDMTask(load(RGB2RAW + ":prediction=residual", SHORT + ["--config.dtdm.process=ddpm"]))
 
 
 def test_degradation_degrades_but_keeps_colour():

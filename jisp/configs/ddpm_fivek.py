@@ -67,6 +67,7 @@ def get_config(arg=None):
   c.model.in_channels = 9 if a.prior in ("input", "both") else 6
   c.model.out_channels = 3
   c.model.dtype = "float32"    # compute dtype; "bfloat16" on accelerators
+  c.model.zero_out = False     # output conv at zero (a residual prior starts as the prior)
 
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.num_timesteps = 1000

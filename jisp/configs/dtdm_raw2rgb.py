@@ -23,8 +23,10 @@ from jisp.core.config import parse_arg
 def get_config(arg=None):
   """Arguments: condition=w+c|w|none (DiffRAW Fig. 3: what the network sees besides m_t),
   color=x|upi (the test-time colour-position condition c: the estimate x itself, as in
-  the paper, or UPI's rendering; training always has c = x)."""
-  a = parse_arg(arg, condition="w+c", color="x")
+  the paper, or UPI's rendering; training always has c = x), prediction=f|residual (the
+  network's output: the paper's f, or a residual over the estimate with the output conv
+  starting at zero, so the untrained model samples the estimate)."""
+  a = parse_arg(arg, condition="w+c", color="x", prediction="f")
   c = ml_collections.ConfigDict()
   c.task = "dtdm"
   c.seed = 0
@@ -55,6 +57,7 @@ def get_config(arg=None):
   c.model.in_channels = 3 * (1 + len(a.condition.split("+")) if a.condition != "none" else 1)
   c.model.out_channels = 3
   c.model.dtype = "float32"
+  c.model.zero_out = a.prediction == "residual"   # output conv at zero
 
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.kind = "linear"
@@ -66,6 +69,8 @@ def get_config(arg=None):
   c.dtdm.direction = "raw2rgb"
   c.dtdm.process = "dtdm"          # "ddpm": the plain-DDPM ablation, same net and data
   c.dtdm.s = 100
+  # "f": the paper's target gamma_s (x - y) + eps; "residual": r with y_hat = x + r
+  c.dtdm.prediction = a.prediction
   c.dtdm.eta = 1.0                 # 1: the posterior's beta-tilde noise (Algorithm 2)
   c.dtdm.condition = a.condition   # "w+c" (the paper), "w", "none": Fig. 3's ablation
   c.dtdm.color = a.color           # test-time c: "x" (c = x, the paper) or "upi"

@@ -8,7 +8,7 @@ from jisp.configs._tiny import fast_optim, micro_unet, run_size
 
 
 def get_config(arg=None):
-  c = dtdm_raw2rgb.get_config(arg)  # arguments as dtdm_raw2rgb.py (condition, color)
+  c = dtdm_raw2rgb.get_config(arg)  # arguments as dtdm_raw2rgb.py (condition, color, prediction)
   run_size(c, steps=300)
   micro_unet(c.model)
   fast_optim(c.optim)

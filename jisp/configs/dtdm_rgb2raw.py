@@ -12,7 +12,7 @@ from jisp.configs import dtdm_raw2rgb
 
 
 def get_config(arg=None):
-  c = dtdm_raw2rgb.get_config(arg)  # arguments as dtdm_raw2rgb.py (condition, color)
+  c = dtdm_raw2rgb.get_config(arg)  # arguments as dtdm_raw2rgb.py (condition, color, prediction)
   c.dtdm.direction = "rgb2raw"
   c.dtdm.estimator = "upi"
   c.data.patch_size = 64

@@ -144,6 +144,37 @@ def loss(f_fn, schedule: Schedule, s: int, x, y, cond, rng, draws=None):
   return jnp.mean(jnp.square(f - training_target(schedule, s, x, y, noise)))
 
 
+# The network's output: "f", the paper's target gamma_s (x - y) + eps (Eq. 19-20); or
+# "residual", r with y_hat = x + r, trained on || x + r - y ||^2 (x0-style weighting). The
+# sampler is the same posterior either way: a residual is read as the f it implies (f_of).
+# A zero residual network is the estimate x at every step, whatever the noise.
+PREDICTIONS = ("f", "residual")
+
+
+def check_prediction(prediction: str) -> str:
+  if prediction not in PREDICTIONS:
+    raise ValueError(f"dtdm: prediction must be one of {PREDICTIONS}, got {prediction!r}")
+  return prediction
+
+
+def f_of(schedule: Schedule, m_t, y_hat, t):
+  """The f that Eq. 21 maps to y_hat at (m_t, t): (m_t - sqrt(ab_t) y_hat) / sqrt(1 - ab_t)."""
+  a = _bcast(schedule.sqrt_alpha_bars, t, m_t)
+  b = _bcast(schedule.sqrt_one_minus_alpha_bars, t, m_t)
+  return (m_t - a * y_hat) / b
+
+
+def residual_loss(r_fn, schedule: Schedule, s: int, x, y, cond, rng, draws=None):
+  """E_{t ~ U{1..s}, eps} || x + r(concat[m_t, cond], t) - y ||^2: the same m_t as `loss`,
+  the network's output read as a residual over the estimate x (mean over every element)."""
+  s = check_s(schedule, s)
+  d = draw(rng, y.shape, s) if draws is None else draws
+  t, noise = d["t"], d["noise"].astype(y.dtype)
+  m_t = q_sample(schedule, s, x, y, t, noise)
+  r = r_fn(jnp.concatenate([m_t, cond], axis=-1), t)
+  return jnp.mean(jnp.square(x + r - y))
+
+
 # ---------------------------------------------------------------------------- reverse
 
 def reverse_coefficients(schedule: Schedule, s: int, t: int, t_prev: int, eta: float = 1.0):

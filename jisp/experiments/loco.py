@@ -51,7 +51,8 @@ METHODS = {
                                                   "--config.prior.zero_init=true"], []),
     "ddpm": ("ddpm_tiny.py:prior=both,prediction=x0", [],
              ["--sampler", "dpm_solver", "--steps", "10"]),
-    "dtdm": ("dtdm_rgb2raw_tiny.py", ["--config.dtdm.upi_profile=camera"],
+    # the network as a residual over the DTDM's own estimate, its output conv at zero
+    "dtdm": ("dtdm_rgb2raw_tiny.py:prediction=residual", ["--config.dtdm.upi_profile=camera"],
              ["--steps", "10"]),
 }
 # Run only when named (--methods): the DDPM as it was trained before x0-prediction
@@ -61,6 +62,13 @@ ABLATIONS = {
 }
 ABLATIONS["ssdnet_torch_head"] = (   # its residual head at PyTorch's init, not zero
     "ssdnet_tiny.py:prior=residual", ["--config.stages=()", *SSDNET_RECIPE], [])
+# the DTDM's network predicting the paper's f = gamma_s (x - y) + eps
+ABLATIONS["dtdm_f"] = ("dtdm_rgb2raw_tiny.py", ["--config.dtdm.upi_profile=camera"],
+                       ["--steps", "10"])
+# the residual DTDM at a third of the tiny configs' peak learning rate: does its network
+# leave the estimate it starts from too fast?
+ABLATIONS["dtdm_low_lr"] = (METHODS["dtdm"][0], [*METHODS["dtdm"][1],
+                                                 "--config.optim.peak_lr=3e-4"], ["--steps", "10"])
 KNOWN = {**METHODS, **ABLATIONS}
 BASELINES = ("upi", "upi_render")   # jisp.train.runs.BASELINES, no training
 TONES = ("render", "upi")             # jisp.isp.tone.TONE_MODELS, the --prior-tone choices

@@ -81,6 +81,9 @@ class UNet(nn.Module):
   dropout: float = 0.0
   out_channels: int = 3
   dtype: jnp.dtype = jnp.float32
+  # the output conv starts at zero: a network read as a residual over an estimate then
+  # begins as that estimate exactly, not as the estimate plus a random image
+  zero_out: bool = False
 
   @nn.compact
   def __call__(self, x, t, train: bool = False):
@@ -121,7 +124,9 @@ class UNet(nn.Module):
 
     h = nn.GroupNorm(self.num_groups, dtype=self.dtype, name="norm_out")(h)
     h = nn.swish(h)
-    h = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype, name="conv_out")(h)
+    init = nn.initializers.zeros if self.zero_out else nn.linear.default_kernel_init
+    h = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype, kernel_init=init,
+                name="conv_out")(h)
     return h.astype(jnp.float32)
 
 
@@ -135,4 +140,5 @@ def from_config(mcfg) -> UNet:
       dropout=mcfg.dropout,
       out_channels=mcfg.out_channels,
       dtype=jnp.dtype(mcfg.dtype),
+      zero_out=bool(mcfg.get("zero_out", False)),
   )

@@ -25,6 +25,11 @@ Network: the jisp U-Net on concat[m_t, condition, x] (9 channels) and t (c = x, 
 colour-position condition is the estimate itself, as in the paper). Data live in [0, 1];
 the diffusion runs in [-1, 1].
 
+`config.dtdm.prediction`: what the network outputs (jisp.diffusion.dtdm.PREDICTIONS): "f",
+the paper's gamma_s (x - y) + eps; "residual", r with y_hat = x + r over the estimate,
+trained on || x + r - y ||^2, so a zero network (model.zero_out starts it there) samples
+the estimate itself. DTDM's process only; the DDPM arms predict epsilon.
+
 `config.dtdm.process`:
   dtdm  the DTDM loss (t ~ U{1..s}) and sampler (s steps from x_s; fewer = strided).
   ddpm  the ablation baseline with the same network, inputs and data: the plain
@@ -141,6 +146,13 @@ class DTDMTask(Task):
     except ValueError as e:
       raise ConfigError(f"bad value for config key 'dtdm.s': {e}") from None
     self.eta = float(d.eta)
+    try:
+      self.prediction = dtdm.check_prediction(d.get("prediction", "f"))
+    except ValueError:
+      raise _bad("dtdm.prediction", d.get("prediction"), " / ".join(dtdm.PREDICTIONS)) from None
+    if self.prediction != "f" and self.process != "dtdm":
+      raise ConfigError(f"config key 'dtdm.prediction'={self.prediction!r} is DTDM's "
+                        f"(dtdm.process='dtdm'); the DDPM arms predict epsilon")
     self.model = unet.from_config(config.model)
     self.patch = config.data.patch_size
     try:
@@ -273,7 +285,9 @@ class DTDMTask(Task):
         {"params": params}, inp, t, train=train,
         rngs={"dropout": d_rng} if train else None)
     cond = self.conditions(w, x)
-    if self.process == "dtdm":
+    if self.process == "dtdm" and self.prediction == "residual":
+      value = dtdm.residual_loss(f_cat, self.schedule, self.s, x, y, cond, l_rng, draws)
+    elif self.process == "dtdm":
       value = dtdm.loss(f_cat, self.schedule, self.s, x, y, cond, l_rng, draws)
     else:
       value = losses.conditional_eps_loss(f_cat, self.schedule, y, cond, l_rng, draws)
@@ -302,6 +316,15 @@ class DTDMTask(Task):
       return f + (a / s) * (y_hat - jnp.clip(y_hat, -1.0, 1.0))
     return wrapped
 
+  def _f_of_residual(self, r_fn, x, clip):
+    """The f (Eq. 21) that the y_hat = x + r of a residual network implies; clip keeps that
+    y_hat in [-1, 1]."""
+    def f(m, t):
+      y_hat = x + r_fn(m, t)
+      y_hat = jnp.clip(y_hat, -1.0, 1.0) if clip else y_hat
+      return dtdm.f_of(self.schedule, m, y_hat, jnp.round(t).astype(jnp.int32))
+    return f
+
   def sample_model_range(self, params, w, x, rng, options, noise=None, c=None):
     """y_hat in model range from condition w and estimate x (both model range); c: the
     colour-position condition (default x, the paper).
@@ -318,7 +341,10 @@ class DTDMTask(Task):
     eps = samplers.normal_like(k0, x) if noise is None else jnp.asarray(noise, x.dtype)
     steps = options.steps
     if self.process == "dtdm":
-      f = self._clip_dtdm(f) if options.clip_x0 else f
+      if self.prediction == "residual":
+        f = self._f_of_residual(f, x, bool(options.clip_x0))
+      elif options.clip_x0:
+        f = self._clip_dtdm(f)
       t0 = self.s if options.start_step is None else int(options.start_step)
       m_0 = dtdm.start_state(self.schedule, t0, x, eps)
       return dtdm.sample(f, self.schedule, self.s, x, k1, num_steps=steps, m_init=m_0,
