@@ -10,12 +10,15 @@ additive projection of the timestep embedding.  No middle block (the paper has n
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from jisp.models import conv as conv_lib
 
 
 def timestep_embedding(t: jnp.ndarray, dim: int, max_period: float = 10000.0) -> jnp.ndarray:
@@ -31,24 +34,31 @@ def timestep_embedding(t: jnp.ndarray, dim: int, max_period: float = 10000.0) ->
   return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
 
 
+def _conv(kernel_grad: str):
+  """nn.Conv computing its kernel gradient as `jisp.models.conv` says for `kernel_grad`."""
+  return functools.partial(nn.Conv, conv_general_dilated=conv_lib.conv_fn(kernel_grad))
+
+
 class ResBlock(nn.Module):
   out_ch: int
   num_groups: int
   dropout: float = 0.0
   dtype: jnp.dtype = jnp.float32
+  conv_kernel_grad: str = "auto"
 
   @nn.compact
   def __call__(self, x, temb, train: bool):
+    conv = _conv(self.conv_kernel_grad)
     h = nn.GroupNorm(self.num_groups, dtype=self.dtype, name="norm1")(x)
     h = nn.swish(h)
-    h = nn.Conv(self.out_ch, (3, 3), dtype=self.dtype, name="conv1")(h)
+    h = conv(self.out_ch, (3, 3), dtype=self.dtype, name="conv1")(h)
     h = h + nn.Dense(self.out_ch, dtype=self.dtype, name="temb_proj")(nn.swish(temb))[:, None, None, :]
     h = nn.GroupNorm(self.num_groups, dtype=self.dtype, name="norm2")(h)
     h = nn.swish(h)
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
-    h = nn.Conv(self.out_ch, (3, 3), dtype=self.dtype, name="conv2")(h)
+    h = conv(self.out_ch, (3, 3), dtype=self.dtype, name="conv2")(h)
     if x.shape[-1] != self.out_ch:
-      x = nn.Conv(self.out_ch, (1, 1), dtype=self.dtype, name="skip")(x)
+      x = conv(self.out_ch, (1, 1), dtype=self.dtype, name="skip")(x)
     return x + h
 
 
@@ -84,6 +94,8 @@ class UNet(nn.Module):
   # the output conv starts at zero: a network read as a residual over an estimate then
   # begins as that estimate exactly, not as the estimate plus a random image
   zero_out: bool = False
+  # how a convolution's kernel gradient is computed (jisp.models.conv.KERNEL_GRADS)
+  conv_kernel_grad: str = "auto"
 
   @nn.compact
   def __call__(self, x, t, train: bool = False):
@@ -96,37 +108,40 @@ class UNet(nn.Module):
     temb = nn.Dense(temb_dim, dtype=self.dtype, name="temb_1")(temb)
     temb = nn.Dense(temb_dim, dtype=self.dtype, name="temb_2")(nn.swish(temb))
 
-    h = nn.Conv(ch0, (3, 3), dtype=self.dtype, name="conv_in")(x.astype(self.dtype))
+    conv = _conv(self.conv_kernel_grad)
+    h = conv(ch0, (3, 3), dtype=self.dtype, name="conv_in")(x.astype(self.dtype))
     skips = [h]
     for i, mult in enumerate(self.channel_mults):
       ch = ch0 * mult
       for j in range(self.num_res_blocks):
-        h = ResBlock(ch, self.num_groups, self.dropout, self.dtype, name=f"down{i}_res{j}")(h, temb, train)
+        h = ResBlock(ch, self.num_groups, self.dropout, self.dtype, self.conv_kernel_grad,
+                     name=f"down{i}_res{j}")(h, temb, train)
         if self.attention_stages[i]:
           h = SelfAttention(self.num_groups, self.dtype, name=f"down{i}_attn{j}")(h)
         skips.append(h)
       if i < n_stages - 1:
-        h = nn.Conv(ch, (3, 3), strides=(2, 2), dtype=self.dtype, name=f"down{i}_downsample")(h)
+        h = conv(ch, (3, 3), strides=(2, 2), dtype=self.dtype, name=f"down{i}_downsample")(h)
         skips.append(h)
 
     for i in reversed(range(n_stages)):
       ch = ch0 * self.channel_mults[i]
       for j in range(self.num_res_blocks + 1):
         h = jnp.concatenate([h, skips.pop()], axis=-1)
-        h = ResBlock(ch, self.num_groups, self.dropout, self.dtype, name=f"up{i}_res{j}")(h, temb, train)
+        h = ResBlock(ch, self.num_groups, self.dropout, self.dtype, self.conv_kernel_grad,
+                     name=f"up{i}_res{j}")(h, temb, train)
         if self.attention_stages[i]:
           h = SelfAttention(self.num_groups, self.dtype, name=f"up{i}_attn{j}")(h)
       if i > 0:
         b, hh, ww, c = h.shape
         h = jax.image.resize(h, (b, 2 * hh, 2 * ww, c), method="nearest")
-        h = nn.Conv(ch, (3, 3), dtype=self.dtype, name=f"up{i}_upsample")(h)
+        h = conv(ch, (3, 3), dtype=self.dtype, name=f"up{i}_upsample")(h)
     assert not skips
 
     h = nn.GroupNorm(self.num_groups, dtype=self.dtype, name="norm_out")(h)
     h = nn.swish(h)
     init = nn.initializers.zeros if self.zero_out else nn.linear.default_kernel_init
-    h = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype, kernel_init=init,
-                name="conv_out")(h)
+    h = conv(self.out_channels, (3, 3), dtype=self.dtype, kernel_init=init,
+             name="conv_out")(h)
     return h.astype(jnp.float32)
 
 
@@ -141,4 +156,5 @@ def from_config(mcfg) -> UNet:
       out_channels=mcfg.out_channels,
       dtype=jnp.dtype(mcfg.dtype),
       zero_out=bool(mcfg.get("zero_out", False)),
+      conv_kernel_grad=conv_lib.check_kernel_grad(mcfg.get("conv_kernel_grad", "auto")),
   )
