@@ -1,4 +1,4 @@
-"""jisp.models.conv: the kernel gradient as one matmul equals XLA's convolution gradient,
+"""jisp.models.conv: the kernel gradient as matmuls equals XLA's convolution gradient,
 and the U-Net trained through it gets the same gradients as through XLA's own."""
 import itertools
 import re
