@@ -84,8 +84,13 @@ def test_unet_gradients_match_xlas_through_every_layer():
   nets = {m: unet.UNet(base_channels=16, channel_mults=(1, 2), attention_stages=(False, True),
                        num_groups=8, conv_kernel_grad=m) for m in ("xla", "matmul")}
   params = nets["xla"].init(jax.random.PRNGKey(0), x, t)
-  grads = {m: jax.grad(lambda p: jnp.mean(jnp.square(net.apply(p, x, t) - 0.1)))(params)
-           for m, net in nets.items()}
+  losses = {m: (lambda p, net=net: jnp.mean(jnp.square(net.apply(p, x, t) - 0.1)))
+            for m, net in nets.items()}
+  grads = {m: jax.grad(f)(params) for m, f in losses.items()}
+  # the two really differ in how: only the matmul one builds the shifted operands
+  barriers = {m: str(jax.make_jaxpr(jax.grad(f))(params)).count("optimization_barrier")
+              for m, f in losses.items()}
+  assert barriers["xla"] == 0 and barriers["matmul"] >= 10, barriers
   flat0 = jax.tree_util.tree_leaves_with_path(grads["xla"])
   flat1 = jax.tree_util.tree_leaves(grads["matmul"])
   kernels = 0
@@ -105,3 +110,16 @@ def test_config_key_reaches_the_unet_and_a_bad_value_names_it():
   cfg.model.conv_kernel_grad = "fast"
   with pytest.raises(ConfigError, match="model.conv_kernel_grad"):
     unet.from_config(cfg.model)
+
+
+
+def test_forward_mode_needs_xla_and_says_so():
+  """custom_vjp has no forward mode: jax.jvp through the matmul path raises JAX's own
+  error, and "xla" (the documented way out) differentiates forward."""
+  x, w = jnp.ones((1, 6, 6, 2)), jnp.ones((3, 3, 2, 2))
+  dn = lax.conv_dimension_numbers(x.shape, w.shape, DN)
+  with pytest.raises(TypeError, match="forward-mode"):
+    jax.jvp(lambda w: conv.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn),
+            (w,), (w,))
+  fn = conv.conv_fn("xla")
+  jax.jvp(lambda w: fn(x, w, (1, 1), "SAME", dimension_numbers=dn), (w,), (w,))

@@ -16,7 +16,9 @@ but never concatenated. The forward pass and the input gradient stay XLA's own
 convolutions. Values equal XLA's kernel gradient up to summation order (tests/test_conv.py).
 
 `kernel_grad`: "matmul" always, "xla" never, "auto" on the CPU backend only (accelerators'
-convolution libraries compute kernel gradients well).
+convolution libraries compute kernel gradients well). The matmul gradient is a custom_vjp,
+so it serves reverse-mode differentiation (training) only: forward mode through the network
+(jax.jvp, jax.jacfwd) needs "xla".
 """
 from __future__ import annotations
 
@@ -120,3 +122,4 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
 def conv_fn(kernel_grad: str):
   """What nn.Conv's `conv_general_dilated` should be under `kernel_grad`."""
   return conv_general_dilated if uses_matmul(kernel_grad) else lax.conv_general_dilated
+
