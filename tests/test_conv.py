@@ -112,7 +112,6 @@ def test_config_key_reaches_the_unet_and_a_bad_value_names_it():
     unet.from_config(cfg.model)
 
 
-
 def test_forward_mode_needs_xla_and_says_so():
   """custom_vjp has no forward mode: jax.jvp through the matmul path raises JAX's own
   error, and "xla" (the documented way out) differentiates forward."""

@@ -49,8 +49,8 @@ def uses_matmul(kernel_grad: str) -> bool:
 def conv_kernel_grad(x, dy, kernel_hw: Sequence[int], strides: Sequence[int], pads):
   """dL/dW of `lax.conv_general_dilated(x, W, strides, pads, NHWC/HWIO)` given dL/dy."""
   (kh, kw), (sh, sw) = kernel_hw, strides
-  (ph0, ph1), (pw0, pw1) = pads
-  n, h, w, c = x.shape
+  (ph0, _), (pw0, pw1) = pads
+  h, c = x.shape[1], x.shape[3]
   ho, wo, d = dy.shape[1:]
   # Read x and dy as the buffers they are: otherwise XLA fuses their producers (a norm and
   # swish, the upstream gradient) into each shifted copy and computes them kw or kh times.
@@ -106,20 +106,18 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
            and all(v == 1 for v in (lhs_dilation or (1, 1)))
            and all(v == 1 for v in (rhs_dilation or (1, 1)))
            and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == _NHWC)
-  if not plain:
-    return lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-        feature_group_count, batch_group_count, precision, preferred_element_type)
-  if isinstance(padding, str):
-    padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
-  pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-  if any(p < 0 for pair in pads for p in pair):
-    return lax.conv_general_dilated(lhs, rhs, window_strides, padding,
-                                    dimension_numbers=dimension_numbers, precision=precision)
-  return _conv(lhs, rhs, tuple(int(s) for s in window_strides), pads, precision)
+  if plain:
+    pads = padding
+    if isinstance(pads, str):
+      pads = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, pads)
+    pads = tuple((int(lo), int(hi)) for lo, hi in pads)
+    if all(p >= 0 for pair in pads for p in pair):  # a negative pad crops: lax's own case
+      return _conv(lhs, rhs, tuple(int(s) for s in window_strides), pads, precision)
+  return lax.conv_general_dilated(
+      lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+      feature_group_count, batch_group_count, precision, preferred_element_type)
 
 
 def conv_fn(kernel_grad: str):
   """What nn.Conv's `conv_general_dilated` should be under `kernel_grad`."""
   return conv_general_dilated if uses_matmul(kernel_grad) else lax.conv_general_dilated
-
