@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jisp.models import conv as conv_lib
+from jisp.models import norm as norm_lib
 
 
 def timestep_embedding(t: jnp.ndarray, dim: int, max_period: float = 10000.0) -> jnp.ndarray:
@@ -49,11 +50,11 @@ class ResBlock(nn.Module):
   @nn.compact
   def __call__(self, x, temb, train: bool):
     conv = _conv(self.conv_kernel_grad)
-    h = nn.GroupNorm(self.num_groups, dtype=self.dtype, name="norm1")(x)
+    h = norm_lib.GroupNorm(self.num_groups, dtype=self.dtype, name="norm1")(x)
     h = nn.swish(h)
     h = conv(self.out_ch, (3, 3), dtype=self.dtype, name="conv1")(h)
     h = h + nn.Dense(self.out_ch, dtype=self.dtype, name="temb_proj")(nn.swish(temb))[:, None, None, :]
-    h = nn.GroupNorm(self.num_groups, dtype=self.dtype, name="norm2")(h)
+    h = norm_lib.GroupNorm(self.num_groups, dtype=self.dtype, name="norm2")(h)
     h = nn.swish(h)
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
     h = conv(self.out_ch, (3, 3), dtype=self.dtype, name="conv2")(h)
@@ -70,7 +71,7 @@ class SelfAttention(nn.Module):
   @nn.compact
   def __call__(self, x):
     b, h, w, c = x.shape
-    y = nn.GroupNorm(self.num_groups, dtype=self.dtype, name="norm")(x).reshape(b, h * w, c)
+    y = norm_lib.GroupNorm(self.num_groups, dtype=self.dtype, name="norm")(x).reshape(b, h * w, c)
     q = nn.Dense(c, dtype=self.dtype, name="q")(y)
     k = nn.Dense(c, dtype=self.dtype, name="k")(y)
     v = nn.Dense(c, dtype=self.dtype, name="v")(y)
@@ -137,7 +138,7 @@ class UNet(nn.Module):
         h = conv(ch, (3, 3), dtype=self.dtype, name=f"up{i}_upsample")(h)
     assert not skips
 
-    h = nn.GroupNorm(self.num_groups, dtype=self.dtype, name="norm_out")(h)
+    h = norm_lib.GroupNorm(self.num_groups, dtype=self.dtype, name="norm_out")(h)
     h = nn.swish(h)
     init = nn.initializers.zeros if self.zero_out else nn.linear.default_kernel_init
     h = conv(self.out_channels, (3, 3), dtype=self.dtype, kernel_init=init,
