@@ -69,6 +69,7 @@ def get_config(arg=None):
   c.model.dtype = "float32"    # compute dtype; "bfloat16" on accelerators
   c.model.zero_out = False     # output conv at zero (a residual prior starts as the prior)
   c.model.conv_kernel_grad = "auto"   # kernel gradients as matmuls on CPU (models/conv.py)
+  c.model.attention_grad = "recompute"  # backward recomputes the softmax (models/attention.py)
 
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.num_timesteps = 1000

@@ -59,6 +59,7 @@ def get_config(arg=None):
   c.model.dtype = "float32"
   c.model.zero_out = a.prediction == "residual"   # output conv at zero
   c.model.conv_kernel_grad = "auto"   # kernel gradients as matmuls on CPU (models/conv.py)
+  c.model.attention_grad = "recompute"  # backward recomputes the softmax (models/attention.py)
 
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.kind = "linear"

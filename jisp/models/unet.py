@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jisp.models import attention as attention_lib
 from jisp.models import conv as conv_lib
 from jisp.models import norm as norm_lib
 
@@ -67,6 +68,8 @@ class SelfAttention(nn.Module):
   """Single-head scaled dot-product attention over all spatial positions."""
   num_groups: int
   dtype: jnp.dtype = jnp.float32
+  # how the backward pass gets the probabilities (jisp.models.attention.GRADS)
+  attention_grad: str = "recompute"
 
   @nn.compact
   def __call__(self, x):
@@ -75,10 +78,8 @@ class SelfAttention(nn.Module):
     q = nn.Dense(c, dtype=self.dtype, name="q")(y)
     k = nn.Dense(c, dtype=self.dtype, name="k")(y)
     v = nn.Dense(c, dtype=self.dtype, name="v")(y)
-    logits = jnp.einsum("bqc,bkc->bqk", q, k) / math.sqrt(c)
     # softmax in fp32 even under bf16 compute: 1024-4096 keys overflow bf16 sums
-    attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-    out = jnp.einsum("bqk,bkc->bqc", attn, v)
+    out = attention_lib.attention_fn(self.attention_grad)(q, k, v)
     out = nn.Dense(c, dtype=self.dtype, name="proj")(out)
     return x + out.reshape(b, h, w, c)
 
@@ -97,6 +98,8 @@ class UNet(nn.Module):
   zero_out: bool = False
   # how a convolution's kernel gradient is computed (jisp.models.conv.KERNEL_GRADS)
   conv_kernel_grad: str = "auto"
+  # how attention's backward pass gets the probabilities (jisp.models.attention.GRADS)
+  attention_grad: str = "recompute"
 
   @nn.compact
   def __call__(self, x, t, train: bool = False):
@@ -118,7 +121,8 @@ class UNet(nn.Module):
         h = ResBlock(ch, self.num_groups, self.dropout, self.dtype, self.conv_kernel_grad,
                      name=f"down{i}_res{j}")(h, temb, train)
         if self.attention_stages[i]:
-          h = SelfAttention(self.num_groups, self.dtype, name=f"down{i}_attn{j}")(h)
+          h = SelfAttention(self.num_groups, self.dtype, self.attention_grad,
+                            name=f"down{i}_attn{j}")(h)
         skips.append(h)
       if i < n_stages - 1:
         h = conv(ch, (3, 3), strides=(2, 2), dtype=self.dtype, name=f"down{i}_downsample")(h)
@@ -131,7 +135,8 @@ class UNet(nn.Module):
         h = ResBlock(ch, self.num_groups, self.dropout, self.dtype, self.conv_kernel_grad,
                      name=f"up{i}_res{j}")(h, temb, train)
         if self.attention_stages[i]:
-          h = SelfAttention(self.num_groups, self.dtype, name=f"up{i}_attn{j}")(h)
+          h = SelfAttention(self.num_groups, self.dtype, self.attention_grad,
+                            name=f"up{i}_attn{j}")(h)
       if i > 0:
         b, hh, ww, c = h.shape
         h = jax.image.resize(h, (b, 2 * hh, 2 * ww, c), method="nearest")
@@ -158,4 +163,5 @@ def from_config(mcfg) -> UNet:
       dtype=jnp.dtype(mcfg.dtype),
       zero_out=bool(mcfg.get("zero_out", False)),
       conv_kernel_grad=conv_lib.check_kernel_grad(mcfg.get("conv_kernel_grad", "auto")),
+      attention_grad=attention_lib.check_grad(mcfg.get("attention_grad", "recompute")),
   )
