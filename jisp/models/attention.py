@@ -7,8 +7,9 @@ back after the rest of the network has run, long out of cache. Here the forward 
 only the output and each query's log-sum-exp, and the backward pass recomputes the
 probabilities block by block of `block` queries (FlashAttention's backward, written for
 XLA: each block's scores, probabilities and their gradient are a few MiB and are consumed
-where they are made). The output is divided by the softmax's sum after the product with v,
-on (T, C) rather than (T, T) values.
+where they are made). Under differentiation the forward divides by the softmax's sum after
+the product with v, on (T, C) rather than (T, T) values; undifferentiated (sampling) it is
+the plain expression, which XLA fuses whole.
 
 Values equal `jax.nn.softmax` attention up to rounding and the gradients are the exact
 ones (tests/test_attention.py). `grad`: "recompute" (this), or "xla" (the plain expression,
@@ -45,9 +46,9 @@ def attention_fn(grad: str):
 
 def softmax_attention(q, k, v):
   """The plain expression, every intermediate left to JAX's autodiff."""
-  logits = jnp.einsum("bqc,bkc->bqk", q, k) / math.sqrt(q.shape[-1])
-  p = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
-  return jnp.einsum("bqk,bkc->bqc", p, v)
+  logits = _scores(q, k) / math.sqrt(q.shape[-1])
+  p = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return jnp.einsum("bqk,bkc->bqc", p, v, preferred_element_type=_acc(q)).astype(q.dtype)
 
 
 def _acc(x):
@@ -56,7 +57,7 @@ def _acc(x):
 
 
 def _scores(q, k):
-  """(B, Tq, C) x (B, Tk, C) -> (B, Tq, Tk) logits in float32, q already scaled."""
+  """(B, Tq, C) x (B, Tk, C) -> (B, Tq, Tk) dot products, accumulated as `_acc` says."""
   return jnp.einsum("bqc,bkc->bqk", q, k, preferred_element_type=_acc(q))
 
 
@@ -74,7 +75,8 @@ def _forward(q, k, v):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def attention(q, k, v, block: int = DEFAULT_BLOCK):
   """softmax(q k^T / sqrt(C)) v for q, k, v of shape (B, T, C); the softmax in float32."""
-  return _forward(q, k, v)[0]
+  # undifferentiated (sampling), the plain expression: XLA fuses it whole
+  return softmax_attention(q, k, v)
 
 
 def _attention_fwd(q, k, v, block):
