@@ -62,6 +62,30 @@ def test_backward_keeps_no_probability_matrix_from_the_forward():
     assert max(sizes) == most, (fn, sizes)
 
 
+def test_every_backward_product_reads_its_left_operand_by_rows():
+  """The backward's products all contract the last axis of their left operand (the
+  layout XLA:CPU multiplies at full rate), and each product is one of the five per block."""
+  q, k, v, g = _qkvg(2, 64, 8)
+  fn = functools.partial(attention.attention, block=16)
+  jaxpr = jax.make_jaxpr(lambda q, k, v: jax.vjp(fn, q, k, v)[1](g))(q, k, v)
+
+  def dots(jx):
+    for eqn in jx.eqns:
+      for sub in eqn.params.values():
+        for j in (sub if isinstance(sub, (list, tuple)) else [sub]):
+          if hasattr(j, "eqns") or hasattr(getattr(j, "jaxpr", None), "eqns"):
+            yield from dots(getattr(j, "jaxpr", j))
+      if eqn.primitive.name == "dot_general":
+        yield eqn
+
+  found = list(dots(jaxpr.jaxpr))
+  # forward: scores and the product with v; backward: 5 per block of 16 queries
+  assert len(found) == 2 + 5 * (64 // 16)
+  for eqn in found:
+    (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+    assert tuple(lhs_contract) == (eqn.invars[0].aval.ndim - 1,), eqn
+
+
 def test_bfloat16_inputs_keep_a_float32_softmax():
   q, k, v, g = _qkvg(2, 32, 8, scale=2.0)
   qb, kb, vb = (x.astype(jnp.bfloat16) for x in (q, k, v))

@@ -70,7 +70,11 @@ def test_grouped_and_dilated_convolutions_go_to_lax_unchanged():
 
 def test_choice_and_bad_value():
   assert conv.uses_matmul("matmul") and not conv.uses_matmul("xla")
-  assert conv.uses_matmul("auto") == (jax.default_backend() == "cpu")
+  # "auto": matmuls where the train step's convolutions are YNNPACK's on the CPU
+  cpu = jax.default_backend() == "cpu"
+  assert conv.uses_matmul("auto", "ynnpack") == cpu and not conv.uses_matmul("auto", "xla")
+  assert conv.resolve_kernel_grad("auto", "ynnpack", backend="gpu") == "xla"
+  assert conv.resolve_kernel_grad("matmul", "xla") == "matmul"
   assert conv.conv_fn("xla") is lax.conv_general_dilated
   with pytest.raises(ConfigError, match="config key 'model.conv_kernel_grad': 'fast'"):
     conv.check_kernel_grad("fast")
@@ -106,7 +110,15 @@ def test_config_key_reaches_the_unet_and_a_bad_value_names_it():
   from jisp.core import config as config_lib
   cfg = config_lib.load("jisp/configs/ddpm_fivek.py", ["--config.model.conv_kernel_grad=xla"])
   assert unet.from_config(cfg.model).conv_kernel_grad == "xla"
-  assert unet.from_config(config_lib.load("jisp/configs/ddpm_fivek.py").model).conv_kernel_grad == "auto"
+  # the default follows the train step's convolution library (config cpu_conv)
+  auto = config_lib.load("jisp/configs/ddpm_fivek.py")
+  assert unet.from_config(auto.model).conv_kernel_grad == "xla"
+  assert unet.from_config(auto.model, "ynnpack").conv_kernel_grad == (
+      "matmul" if jax.default_backend() == "cpu" else "xla")
+  from jisp.tasks import ddpm
+  ynn = config_lib.load("jisp/configs/ddpm_tiny.py", ["--config.cpu_conv=ynnpack"])
+  assert ddpm.DDPMTask(ynn).model.conv_kernel_grad == (
+      "matmul" if jax.default_backend() == "cpu" else "xla")
   cfg.model.conv_kernel_grad = "fast"
   with pytest.raises(ConfigError, match="model.conv_kernel_grad"):
     unet.from_config(cfg.model)

@@ -92,16 +92,23 @@ def test_micro_batch_config_check():
 # ------------------------------------------------------------ micro_batch = "auto" (training)
 
 def test_auto_choice_fits_the_budget_divides_the_batch_and_caps_the_parts():
-  from jisp.train.micro_batch import choose
+  from jisp.train.micro_batch import CPU_WORKING_SET, choose
   mib = 2 ** 20
+  small = 640 * mib
   # 4 of a device's 8 examples fit 640 MiB at 150 MiB each: 4 per device, 8 in all
-  assert choose(16, 2, 150 * mib) == 8
-  assert choose(32, 2, 275 * mib) == 4            # 2 per device, 8 parts: the paper U-Net
-  assert choose(32, 1, 275 * mib) == 4            # 2 fit, but 16 parts > 8: 4
-  assert choose(32, 8, 2 * mib) == 0              # everything fits: the whole batch
-  assert choose(12, 2, 250 * mib) == 4            # 2 fit, and 2 divides a device's 6
-  assert choose(20, 2, 150 * mib) == 4            # 4 fit, but 4 does not divide 10: 2
-  assert choose(8, 2, 10 ** 12) == 2              # nothing fits: one per device
+  assert choose(16, 2, 150 * mib, small) == 8
+  assert choose(32, 2, 275 * mib, small) == 4     # 2 per device, 8 parts
+  assert choose(32, 1, 275 * mib, small) == 4     # 2 fit, but 16 parts > 8: 4
+  assert choose(32, 8, 2 * mib, small) == 0       # everything fits: the whole batch
+  assert choose(12, 2, 250 * mib, small) == 4     # 2 fit, and 2 divides a device's 6
+  assert choose(20, 2, 150 * mib, small) == 4     # 4 fit, but 4 does not divide 10: 2
+  assert choose(8, 2, 10 ** 12, small) == 2       # nothing fits: one per device
+  # the paper U-Net (about 240 MiB a patch) at batch 32: 8 per device with XLA's own
+  # convolutions, on 1 and 2 devices; 2 per device with YNNPACK's, capped at 8 parts
+  assert choose(32, 1, 240 * mib, CPU_WORKING_SET["xla"]) == 8
+  assert choose(32, 2, 240 * mib, CPU_WORKING_SET["xla"]) == 16
+  assert choose(32, 2, 240 * mib, CPU_WORKING_SET["ynnpack"]) == 4
+  assert choose(32, 1, 240 * mib, CPU_WORKING_SET["ynnpack"]) == 4
 
 
 def _task(cfg_file, *overrides):
@@ -131,6 +138,18 @@ def test_auto_splits_only_on_cpu_only_tasks_that_name_their_draws_and_obeys_the_
   with cfg.ignore_type():
     cfg.micro_batch = 4
   assert resolve(task, cfg, 2, backend="gpu") == 4              # an explicit count is kept
+  # the budget is the one of the train step's convolution library (config cpu_conv)
+  from jisp.train import micro_batch
+  real = dict(micro_batch.CPU_WORKING_SET)
+  try:
+    micro_batch.CPU_WORKING_SET.update(xla=2 * per_example + 1, ynnpack=per_example + 1)
+    with cfg.ignore_type():
+      cfg.micro_batch = "auto"
+    assert resolve(task, cfg, 2, backend="cpu") == 4
+    ynn = _task(*MICRO_DDPM, "--config.cpu_conv=ynnpack")
+    assert resolve(ynn, ynn.config, 2, backend="cpu") == 2
+  finally:
+    micro_batch.CPU_WORKING_SET.update(real)
   # a task that cannot say what its loss draws is never split by "auto"
   flow = _task("jisp/configs/invisp_tiny.py")
   assert flow.draws(jax.random.PRNGKey(0), {}) is None

@@ -89,3 +89,38 @@ def test_bfloat16_compute_keeps_float32_statistics():
 def test_groups_must_divide_channels():
   with pytest.raises(ValueError, match="does not divide"):
     norm.GroupNorm(5).init(jax.random.PRNGKey(0), jnp.ones((1, 2, 2, 12)))
+
+
+@pytest.mark.parametrize("shape,groups", SHAPES[:2])
+def test_swish_activation_equals_flax_norm_then_swish(shape, groups):
+  x, params, ref, _ = _pair(shape, groups)
+  ours = norm.GroupNorm(groups, activation="swish")
+  np.testing.assert_allclose(ours.apply(params, x), nn.swish(ref.apply(params, x)), atol=6e-5)
+  g = jax.random.normal(jax.random.PRNGKey(9), shape)
+  d_ours = jax.grad(lambda x, p: jnp.sum(ours.apply(p, x) * g), (0, 1))(x, params)
+  d_ref = jax.grad(lambda x, p: jnp.sum(nn.swish(ref.apply(p, x)) * g), (0, 1))(x, params)
+  for a, b in zip(jax.tree.leaves(d_ours), jax.tree.leaves(d_ref)):
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("activation", [None, "swish"])
+def test_backward_keeps_only_the_input(activation):
+  """Norm and activation are recomputed in the backward pass: of the full-size arrays,
+  only x itself is saved from the forward one (autodiff alone would also keep x^2, the
+  normalised values and the activation's intermediates)."""
+  x, params, _, _ = _pair((2, 8, 8, 64), 32)
+  ours = norm.GroupNorm(32, activation=activation)
+
+  def full_size_residuals(fn):
+    _, vjp = jax.vjp(fn, x, params)
+    return [a for a in jax.tree.leaves(vjp) if getattr(a, "size", 0) == x.size]
+
+  assert len(full_size_residuals(lambda x, p: ours.apply(p, x))) == 1
+  plain = lambda x, p: nn.swish(norm.group_norm(x, p["params"]["scale"], p["params"]["bias"],
+                                                32))
+  assert len(full_size_residuals(plain)) > 1  # what the recomputation saves
+
+
+def test_unknown_activation_is_refused():
+  with pytest.raises(ValueError, match="activation 'relu'"):
+    norm.GroupNorm(4, activation="relu").init(jax.random.PRNGKey(0), jnp.ones((1, 2, 2, 8)))

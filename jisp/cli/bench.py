@@ -41,9 +41,20 @@ def add_parser(sub, name):
                                        "time goes, by op category (jax.profiler trace)")
   bf.add_argument("--config", required=True)
   bf.add_argument("--what", default="train", choices=("train", "network"))
-  bf.add_argument("--batch", type=int, default=16, help="patches per network evaluation")
+  bf.add_argument("--batch", type=int, default=None,
+                  help="patches per network evaluation (default 16), or the train step's "
+                       "global batch (default 32: the side-by-side batch; the config's own "
+                       "batch_size only with --config.batch_size)")
   bf.add_argument("--steps", type=int, default=3, help="traced calls (after one warm-up)")
   bf.set_defaults(func=run_profile)
+  bc = bsub.add_parser("convs", help="every convolution of the network alone, forward and "
+                                      "gradients, on each XLA:CPU library (cpu_conv)")
+  bc.add_argument("--config", required=True)
+  bc.add_argument("--batch", type=int, default=4,
+                  help="examples per convolution (a train step's micro-batch per device)")
+  bc.add_argument("--repeats", type=int, default=5, help="timed repeats (median)")
+  bc.add_argument("--json", action="store_true", help="print JSON lines only")
+  bc.set_defaults(func=run_convs)
   bv = bsub.add_parser("vs-torch", help="jisp and the PyTorch peer alternated in one sitting; "
                                         "medians and the ratio")
   bv.add_argument("--peer-dir", required=True,
@@ -121,10 +132,32 @@ def run_vs_torch(args, rest) -> int:
 
 def run_profile(args, rest) -> int:
   from jisp.core.config import load
-  cfg = load(args.config, common.split_overrides(rest))
+  overrides = common.split_overrides(rest)
+  if args.what == "train" and not any(o.startswith("--config.batch_size=") for o in overrides):
+    # the config's own batch (256 for the paper's) would not fit a workstation's memory
+    overrides = overrides + [f"--config.batch_size={args.batch or 32}"]
+  elif args.what == "train" and args.batch:
+    from jisp.core.errors import OptionError
+    raise OptionError("give the train step's batch once: --batch or --config.batch_size")
+  cfg = load(args.config, overrides)
   from jisp.experiments import machine, profile_step
   r = (profile_step.profile_train(cfg, args.steps) if args.what == "train"
-       else profile_step.profile_network(cfg, args.batch, args.steps))
+       else profile_step.profile_network(cfg, args.batch or 16, args.steps))
   r.update(machine.cpu_info())
   print(json.dumps({"bench": "profile", **r}), flush=True)
+  return 0
+
+
+def run_convs(args, rest) -> int:
+  from jisp.core.config import load
+  cfg = load(args.config, common.split_overrides(rest))
+  from jisp.experiments import conv_layers, machine
+  from jisp.train import runs
+  printer = _printer(args, conv_layers.human)
+  if not args.json:
+    info = machine.cpu_info()
+    print(f"{info['cpu_model']} ({info['cpu_count']} cores; {' '.join(info['cpu_flags'])})",
+          flush=True)
+  conv_layers.bench_convs(runs.build_task(cfg), batch=args.batch, emit=printer,
+                          repeats=args.repeats)
   return 0

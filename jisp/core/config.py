@@ -39,6 +39,9 @@ OPTIONAL_TOP_LEVEL = {
     # min_shard_size elements split over fsdp, unless a `replicate` regex matches.
     "mesh": {"fsdp": 1, "min_shard_size": 2 ** 14, "replicate": ()},
     "profile_steps": "",  # "a:b": a jax.profiler trace of steps a..b in WORKDIR/profile
+    # Which XLA:CPU library runs convolutions: "auto" (XLA's own in train steps, YNNPACK
+    # in sampling), "xla" or "ynnpack" (jisp.core.cpu_conv); accelerators ignore it.
+    "cpu_conv": "auto",
 }
 
 
@@ -371,6 +374,9 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       if not isinstance(v, int) or isinstance(v, bool) or v < 1:
         raise ConfigError(f"bad value for config key 'mesh.{k}': {v!r} (must be an integer "
                           ">= 1)")
+  if "cpu_conv" in cfg:
+    from jisp.core import cpu_conv
+    cpu_conv.check(cfg.cpu_conv)
   stage_list(cfg)
   profile_range(cfg)
   return cfg

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jisp.core import microbatch, sharding
+from jisp.core import cpu_conv, microbatch, sharding
 from jisp.tasks.base import PredictOptions
 
 
@@ -70,11 +70,14 @@ class PatchPredictor:
     # (the gather is one all-gather of the outputs inside the call); on one process the
     # output stays sharded and the host reads the shards.
     osh = rep if jax.process_count() > 1 else bsh
+    opts = cpu_conv.compiler_options(task.config, "infer")
     if self.noisy:
-      self._jitted = jax.jit(fn, in_shardings=(rep, bsh, bsh, rep, rep), out_shardings=osh)
+      self._jitted = jax.jit(fn, in_shardings=(rep, bsh, bsh, rep, rep), out_shardings=osh,
+                             compiler_options=opts)
     else:
       self._jitted = jax.jit(lambda p, x, c, k: fn(p, x, None, c, k),
-                             in_shardings=(rep, bsh, rep, rep), out_shardings=osh)
+                             in_shardings=(rep, bsh, rep, rep), out_shardings=osh,
+                             compiler_options=opts)
 
   @property
   def sampler(self) -> str:

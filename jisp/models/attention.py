@@ -7,7 +7,8 @@ back after the rest of the network has run, long out of cache. Here the forward 
 only the output and each query's log-sum-exp, and the backward pass recomputes the
 probabilities block by block of `block` queries (FlashAttention's backward, written for
 XLA: each block's scores, probabilities and their gradient are a few MiB and are consumed
-where they are made). Under differentiation the forward divides by the softmax's sum after
+where they are made). The backward builds those blocks transposed, keys by queries, so
+that each of its five products is one XLA:CPU runs on its fast matmul path. Under differentiation the forward divides by the softmax's sum after
 the product with v, on (T, C) rather than (T, T) values; undifferentiated (sampling) it is
 the plain expression, which XLA fuses whole.
 
@@ -85,26 +86,33 @@ def _attention_fwd(q, k, v, block):
 
 
 def _attention_bwd(block, res, do):
+  # The (T, T) matrices are built keys-major, (Tk, Tq): then every large product reads its
+  # left operand row by row. Products that contract the rows of their left operand
+  # (p^T do, ds^T q) fall outside XLA:CPU's fast matmul path, at about half its rate.
   q, k, v, o, lse = res
   scale = 1.0 / math.sqrt(q.shape[-1])
+  acc = _acc(q)
   qs = q * jnp.asarray(scale, q.dtype)
   # softmax backward: ds = p * (dp - sum_k p dp), and sum_k p dp = sum_c do * o
-  delta = jnp.sum(do.astype(_acc(q)) * o.astype(_acc(q)), axis=-1)
+  delta = jnp.sum(do.astype(acc) * o.astype(acc), axis=-1)
+  kt = jnp.swapaxes(k, 1, 2)  # (B, C, Tk): dq^T = k^T ds^T is then an ordinary product
   t = q.shape[1]
-  dqs, dk, dv = [], None, None
+  dqts, dk, dv = [], None, None
   for i in range(0, t, block):
     sl = slice(i, min(i + block, t))
-    p = jnp.exp(_scores(qs[:, sl], k) - lse[:, sl, None])
     dob = do[:, sl]
-    dp = jnp.einsum("bqc,bkc->bqk", dob, v, preferred_element_type=_acc(q))
-    ds = (p * (dp - delta[:, sl, None])).astype(q.dtype)
-    p = p.astype(q.dtype)
-    dv_i = jnp.einsum("bqk,bqc->bkc", p, dob, preferred_element_type=_acc(q))
-    dk_i = jnp.einsum("bqk,bqc->bkc", ds, qs[:, sl], preferred_element_type=_acc(q))
-    dqs.append(jnp.einsum("bqk,bkc->bqc", ds, k, preferred_element_type=_acc(q)))
+    pt = jnp.exp(jnp.einsum("bkc,bqc->bkq", k, qs[:, sl], preferred_element_type=acc)
+                 - lse[:, None, sl])
+    dpt = jnp.einsum("bkc,bqc->bkq", v, dob, preferred_element_type=acc)
+    dst = (pt * (dpt - delta[:, None, sl])).astype(q.dtype)
+    pt = pt.astype(q.dtype)
+    dv_i = jnp.einsum("bkq,bqc->bkc", pt, dob, preferred_element_type=acc)
+    dk_i = jnp.einsum("bkq,bqc->bkc", dst, qs[:, sl], preferred_element_type=acc)
+    dqts.append(jnp.einsum("bck,bkq->bcq", kt, dst, preferred_element_type=acc))
     dv = dv_i if dv is None else dv + dv_i
     dk = dk_i if dk is None else dk + dk_i
-  dq = (jnp.concatenate(dqs, axis=1) if len(dqs) > 1 else dqs[0]) * scale
+  dqt = jnp.concatenate(dqts, axis=2) if len(dqts) > 1 else dqts[0]
+  dq = jnp.swapaxes(dqt, 1, 2) * scale
   return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 

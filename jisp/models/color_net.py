@@ -26,9 +26,9 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    h = nn.swish(norm_lib.GroupNorm(self.num_groups, dtype=self.dtype)(x))
+    h = norm_lib.GroupNorm(self.num_groups, dtype=self.dtype, activation="swish")(x)
     h = nn.Conv(self.ch, (3, 3), dtype=self.dtype)(h)
-    h = nn.swish(norm_lib.GroupNorm(self.num_groups, dtype=self.dtype)(h))
+    h = norm_lib.GroupNorm(self.num_groups, dtype=self.dtype, activation="swish")(h)
     h = nn.Conv(self.ch, (3, 3), dtype=self.dtype)(h)
     if x.shape[-1] != self.ch:
       x = nn.Conv(self.ch, (1, 1), dtype=self.dtype)(x)
@@ -68,7 +68,8 @@ class ColorNet(nn.Module):
       h = nn.Conv(ch, (3, 3), dtype=self.dtype, name=f"up{i}_conv")(h)
       h = Block(ch, self.num_groups, self.dtype, name=f"up{i}")(
           jnp.concatenate([h, skips.pop()], axis=-1))
-    h = nn.swish(norm_lib.GroupNorm(self.num_groups, dtype=self.dtype, name="norm_out")(h))
+    h = norm_lib.GroupNorm(self.num_groups, dtype=self.dtype, activation="swish",
+                              name="norm_out")(h)
     # Zero-initialised output conv: with the residual the untrained net is the identity.
     out = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype, kernel_init=nn.initializers.zeros,
                   name="conv_out")(h).astype(jnp.float32)

@@ -15,8 +15,10 @@ kernel column, each against all kernel rows) cost the convolution's own FLOPs; x
 but never concatenated. The forward pass and the input gradient stay XLA's own
 convolutions. Values equal XLA's kernel gradient up to summation order (tests/test_conv.py).
 
-`kernel_grad`: "matmul" always, "xla" never, "auto" on the CPU backend only (accelerators'
-convolution libraries compute kernel gradients well). The matmul gradient is a custom_vjp,
+`kernel_grad`: "matmul" always, "xla" never, "auto" where it pays: on the CPU backend when
+the train step's convolutions run on YNNPACK (config `cpu_conv`, jisp.core.cpu_conv), whose
+kernel gradients are the slow ones. XLA's own CPU convolutions and accelerators' libraries
+compute kernel gradients well. The matmul gradient is a custom_vjp,
 so it serves reverse-mode differentiation (training) only: forward mode through the network
 (jax.jvp, jax.jacfwd) needs "xla".
 """
@@ -41,9 +43,19 @@ def check_kernel_grad(value: str, key: str = "model.conv_kernel_grad") -> str:
   return value
 
 
-def uses_matmul(kernel_grad: str) -> bool:
+def resolve_kernel_grad(kernel_grad: str, conv_library: str = "xla",
+                        backend: str | None = None) -> str:
+  """"matmul" or "xla": what `kernel_grad` means when the train step's convolutions run on
+  `conv_library` ("xla" or "ynnpack", jisp.core.cpu_conv.library) on `backend`."""
   check_kernel_grad(kernel_grad)
-  return kernel_grad == "matmul" or (kernel_grad == "auto" and jax.default_backend() == "cpu")
+  if kernel_grad != "auto":
+    return kernel_grad
+  backend = backend or jax.default_backend()
+  return "matmul" if backend == "cpu" and conv_library == "ynnpack" else "xla"
+
+
+def uses_matmul(kernel_grad: str, conv_library: str = "xla") -> bool:
+  return resolve_kernel_grad(kernel_grad, conv_library) == "matmul"
 
 
 def conv_kernel_grad(x, dy, kernel_hw: Sequence[int], strides: Sequence[int], pads):

@@ -14,14 +14,27 @@ E[x]^2 clipped at zero, in float32 whatever the compute dtype, epsilon 1e-6. The
 parameters are flax's too (`scale` and `bias`, shape (C,)) and it auto-names as flax's does
 (`GroupNorm_0`), so parameter trees and checkpoints do not change. Values equal flax's up to
 summation order (tests/test_norm.py).
+
+The module also applies the activation that follows it in the networks (`activation=
+"swish"`), and differentiates norm and activation as one recomputed unit (jax.checkpoint):
+the backward pass keeps only the input x and recomputes the statistics, the normalised
+values and the activation from it. Left to autodiff, the forward pass would store x^2,
+the normalised tensor and the activation's own intermediates, each the size of x, and the
+backward pass would read them back; on CPUs whose memory bandwidth is the limit, writing
+and re-reading those full-size tensors cost more than recomputing them (README, "Speed").
+Values are unchanged; the saved residuals are pinned by tests/test_norm.py.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 from jax import lax
+
+ACTIVATIONS = {None: None, "swish": nn.swish}
 
 
 def group_norm(x, scale, bias, num_groups: int, epsilon: float = 1e-6, dtype=None):
@@ -50,17 +63,30 @@ def group_norm(x, scale, bias, num_groups: int, epsilon: float = 1e-6, dtype=Non
   return (x32 * k.reshape(bshape) + b.reshape(bshape)).astype(out_dtype)
 
 
+def _norm_act(x, scale, bias, num_groups, epsilon, dtype, activation):
+  y = group_norm(x, scale, bias, num_groups, epsilon, dtype)
+  act = ACTIVATIONS[activation]
+  return y if act is None else act(y)
+
+
 class GroupNorm(nn.Module):
-  """`flax.linen.GroupNorm(num_groups, epsilon, dtype)` with the same parameters."""
+  """`flax.linen.GroupNorm(num_groups, epsilon, dtype)` with the same parameters, then
+  `activation` (None or "swish"), recomputed in the backward pass from x alone."""
   num_groups: int = 32
   epsilon: float = 1e-6
   dtype: Any = None
   param_dtype: Any = jnp.float32
+  activation: str | None = None
 
   @nn.compact
   def __call__(self, x):
     c = x.shape[-1]
     scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
     bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f"GroupNorm activation {self.activation!r}: expected one of "
+                       f"{', '.join(map(str, ACTIVATIONS))}")
     dtype = self.dtype or jnp.result_type(x.dtype, self.param_dtype)
-    return group_norm(x, scale, bias, self.num_groups, self.epsilon, dtype)
+    fn = functools.partial(_norm_act, num_groups=self.num_groups, epsilon=self.epsilon,
+                           dtype=dtype, activation=self.activation)
+    return jax.checkpoint(fn)(x, scale, bias)

@@ -51,12 +51,12 @@ class ResBlock(nn.Module):
   @nn.compact
   def __call__(self, x, temb, train: bool):
     conv = _conv(self.conv_kernel_grad)
-    h = norm_lib.GroupNorm(self.num_groups, dtype=self.dtype, name="norm1")(x)
-    h = nn.swish(h)
+    h = norm_lib.GroupNorm(self.num_groups, dtype=self.dtype, activation="swish",
+                           name="norm1")(x)
     h = conv(self.out_ch, (3, 3), dtype=self.dtype, name="conv1")(h)
     h = h + nn.Dense(self.out_ch, dtype=self.dtype, name="temb_proj")(nn.swish(temb))[:, None, None, :]
-    h = norm_lib.GroupNorm(self.num_groups, dtype=self.dtype, name="norm2")(h)
-    h = nn.swish(h)
+    h = norm_lib.GroupNorm(self.num_groups, dtype=self.dtype, activation="swish",
+                           name="norm2")(h)
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
     h = conv(self.out_ch, (3, 3), dtype=self.dtype, name="conv2")(h)
     if x.shape[-1] != self.out_ch:
@@ -143,15 +143,17 @@ class UNet(nn.Module):
         h = conv(ch, (3, 3), dtype=self.dtype, name=f"up{i}_upsample")(h)
     assert not skips
 
-    h = norm_lib.GroupNorm(self.num_groups, dtype=self.dtype, name="norm_out")(h)
-    h = nn.swish(h)
+    h = norm_lib.GroupNorm(self.num_groups, dtype=self.dtype, activation="swish",
+                           name="norm_out")(h)
     init = nn.initializers.zeros if self.zero_out else nn.linear.default_kernel_init
     h = conv(self.out_channels, (3, 3), dtype=self.dtype, kernel_init=init,
              name="conv_out")(h)
     return h.astype(jnp.float32)
 
 
-def from_config(mcfg) -> UNet:
+def from_config(mcfg, conv_library: str = "xla") -> UNet:
+  """The U-Net of a config's `model` block; `conv_library`: the library the train step's
+  convolutions run on (jisp.core.cpu_conv.library), which "auto" kernel gradients follow."""
   return UNet(
       base_channels=mcfg.base_channels,
       channel_mults=tuple(mcfg.channel_mults),
@@ -162,6 +164,7 @@ def from_config(mcfg) -> UNet:
       out_channels=mcfg.out_channels,
       dtype=jnp.dtype(mcfg.dtype),
       zero_out=bool(mcfg.get("zero_out", False)),
-      conv_kernel_grad=conv_lib.check_kernel_grad(mcfg.get("conv_kernel_grad", "auto")),
+      conv_kernel_grad=conv_lib.resolve_kernel_grad(mcfg.get("conv_kernel_grad", "auto"),
+                                                    conv_library),
       attention_grad=attention_lib.check_grad(mcfg.get("attention_grad", "recompute")),
   )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jisp.core import microbatch
+from jisp.core import cpu_conv, microbatch
 from jisp.core.errors import ConfigError, OptionError
 from jisp.diffusion import losses, samplers, schedules
 from jisp.isp import prior as prior_lib
@@ -129,7 +129,7 @@ class DDPMTask(CameraPriorTask):
 
   def __init__(self, config, inputs=None):
     super().__init__(config, inputs)
-    self.model = unet.from_config(config.model)
+    self.model = unet.from_config(config.model, cpu_conv.library(config, "train"))
     self.schedule = schedules.make_schedule(config.diffusion)
     self.prediction = config.diffusion.get("prediction", "eps")
     if self.prediction not in losses.PREDICTIONS:

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jisp.core import metrics, microbatch
+from jisp.core import cpu_conv, metrics, microbatch
 from jisp.core.camera import SYNTHETIC_CAM2RGB
 from jisp.core.errors import ConfigError, OptionError
 from jisp.diffusion import dtdm, losses, samplers, schedules
@@ -153,7 +153,7 @@ class DTDMTask(Task):
     if self.prediction != "f" and self.process != "dtdm":
       raise ConfigError(f"config key 'dtdm.prediction'={self.prediction!r} is DTDM's "
                         f"(dtdm.process='dtdm'); the DDPM arms predict epsilon")
-    self.model = unet.from_config(config.model)
+    self.model = unet.from_config(config.model, cpu_conv.library(config, "train"))
     self.patch = config.data.patch_size
     try:
       self.degrade_params = degrade.params_from_config(d.get("degrade"))

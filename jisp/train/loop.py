@@ -42,7 +42,7 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
-from jisp.core import config as config_lib, microbatch, sharding
+from jisp.core import config as config_lib, cpu_conv, microbatch, sharding
 from jisp.core.errors import (ConfigError, NonFiniteLoss, RunError, UserError,
                               missing_config_key)
 from jisp.core.fileio import atomic_write_json, atomic_write_text
@@ -128,7 +128,14 @@ def compile_train_step(task, tx, lr_fn, config, mesh, state_sharding, micro_batc
   return jax.jit(make_train_step(task, tx, lr_fn, config.optim.ema_decay, micro_batch),
                  in_shardings=(state_sharding, batch_sh, rep),
                  out_shardings=(state_sharding, rep, rep),
-                 donate_argnums=(0, 2))
+                 donate_argnums=(0, 2),
+                 compiler_options=cpu_conv.compiler_options(config, "train"))
+
+
+def compile_eval_step(task, config):
+  """The jitted evaluation step (forward only: convolutions as for inference)."""
+  return jax.jit(make_eval_step(task),
+                 compiler_options=cpu_conv.compiler_options(config, "infer"))
 
 
 def state_shardings(shapes, config, mesh):
@@ -458,7 +465,7 @@ def _train(config, workdir: str) -> dict:
     if is_main:
       print(f"jisp train: resumed from checkpoint step {start}", flush=True)
 
-  eval_step = distributed.Lockstep(jax.jit(make_eval_step(task)), "eval")
+  eval_step = distributed.Lockstep(compile_eval_step(task, config), "eval")
   check_state = distributed.Lockstep(guard.check_state_jit, "check")
   eval_batches = None
   g = jax.device_put(guard.init(), sharding.replicated(mesh))
@@ -630,7 +637,7 @@ def _enter_stage(config, st, task, tx, lr_fn, mesh, state_sharding, data_state, 
     print(f"jisp train: stage {st.index + 1}/{n_stages}: patch {st.patch}, global batch "
           f"{st.batch}, steps {st.start + 1}-{st.end}", flush=True)
   probe_step = eval_step if st.index == 0 else distributed.Lockstep(
-      jax.jit(make_eval_step(stage_task)), f"eval-stage{st.index}")
+      compile_eval_step(stage_task, cfg), f"eval-stage{st.index}")
   micro = micro_batch_lib.resolve(stage_task, cfg, mesh.size, params_shapes=params_shapes)
   if is_main and micro:
     how = "auto" if micro_batch_lib.requested(cfg) == micro_batch_lib.AUTO else "micro_batch"

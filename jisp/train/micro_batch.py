@@ -1,17 +1,19 @@
 """Config `micro_batch`: how many examples one forward/backward of a train step holds.
 
 A train step may run its batch as strided micro-batches and add their gradients
-(jisp.train.loop.loss_and_grads). On CPUs that is faster: a large patch's activations
-outgrow the caches, and the convolution kernel gradients, whose window is the micro-batch,
-shrink with it (README "Speed"). On accelerators the whole batch is what the hardware
-wants.
+(jisp.train.loop.loss_and_grads). On CPUs that is faster: smaller micro-batches write and
+re-read smaller activations, while each micro-batch also pays fixed costs (a sum of
+parameter-sized gradients, layers at 8x8 too small to keep the cores busy), so there is a
+best size, and it depends on which library runs the convolutions (config `cpu_conv`).
+On accelerators the whole batch is what the hardware wants.
 
 Values: 0 (the whole batch), a global count that divides the batch into parts that split
 evenly over the devices, or "auto" (the default): on CPU, as many examples per device as
-fit `CPU_WORKING_SET` by the forward pass's own size per example, read off its jaxpr;
-elsewhere the whole batch. "auto" only splits tasks whose `draws` say what the loss draws,
-so splitting changes the summation order and nothing else; an explicit count also splits
-the others, each micro-batch then drawing with a key of its own.
+fit the budget of the train step's convolution library (`CPU_WORKING_SET`) by the forward
+pass's own size per example, read off its jaxpr; elsewhere the whole batch. "auto" only
+splits tasks whose `draws` say what the loss draws, so splitting changes the summation
+order and nothing else; an explicit count also splits the others, each micro-batch then
+drawing with a key of its own.
 """
 from __future__ import annotations
 
@@ -19,14 +21,16 @@ import jax
 import jax.extend
 import jax.numpy as jnp
 
+from jisp.core import cpu_conv
 from jisp.core.errors import ConfigError
 
 AUTO = "auto"
 
-# Forward-pass bytes (every intermediate, per jaxpr) one CPU device's micro-batch may hold.
-# Set from README's micro-batch sweeps of the paper U-Net at 64x64, whose best was 2
-# patches per device: two of its patches fit this, three do not.
-CPU_WORKING_SET = 640 * 2 ** 20
+# Forward-pass bytes (every intermediate, per jaxpr) one CPU device's micro-batch may hold,
+# by the library the train step's convolutions run on (jisp.core.cpu_conv). Set from
+# README's micro-batch sweeps of the paper U-Net at 64x64 (about 240 MiB per patch): best
+# at 8 patches per device with XLA's own convolutions, at 2 to 4 with YNNPACK's.
+CPU_WORKING_SET = {"xla": 2 * 2 ** 30, "ynnpack": 640 * 2 ** 20}
 
 # Each micro-batch is unrolled into the compiled step (a rolled loop ran slower on
 # XLA:CPU), so compile time grows with their number: "auto" makes no more than this.
@@ -88,7 +92,7 @@ def _largest_divisor_at_most(n: int, cap: int) -> int:
 
 
 def choose(batch: int, n_dev: int, bytes_per_example: int,
-           budget: int = CPU_WORKING_SET, max_parts: int = MAX_AUTO_PARTS) -> int:
+           budget: int = CPU_WORKING_SET["xla"], max_parts: int = MAX_AUTO_PARTS) -> int:
   """The global micro-batch (0 = whole batch) for a batch sharded over n_dev devices:
   the most examples per device whose forward fits `budget`, then fewer parts where there
   would be more than `max_parts`."""
@@ -101,8 +105,9 @@ def choose(batch: int, n_dev: int, bytes_per_example: int,
 
 
 def resolve(task, config, n_dev: int, backend: str | None = None, params_shapes=None,
-            budget: int = CPU_WORKING_SET) -> int:
-  """The global micro-batch a train step runs with (0 = whole batch)."""
+            budget: int | None = None) -> int:
+  """The global micro-batch a train step runs with (0 = whole batch); `budget`: bytes per
+  device (default: CPU_WORKING_SET of the config's train-step convolution library)."""
   m = requested(config)
   if m != AUTO:
     return 0 if m >= config.batch_size else m
@@ -111,4 +116,6 @@ def resolve(task, config, n_dev: int, backend: str | None = None, params_shapes=
     return 0
   if jax.eval_shape(task.draws, jax.random.PRNGKey(0), task.batch_spec(1)) is None:
     return 0
+  if budget is None:
+    budget = CPU_WORKING_SET[cpu_conv.library(config, "train")]
   return choose(config.batch_size, n_dev, forward_bytes_per_example(task, params_shapes), budget)

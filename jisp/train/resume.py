@@ -27,6 +27,8 @@ RESUMABLE = (
     "num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
     "eval_batches", "micro_batch", "profile_steps", "data.dir", "stages",
     "sampling.", "eval.", "mesh.",
+    # how the same function is computed, not what it is
+    "cpu_conv", "model.conv_kernel_grad", "model.attention_grad",
 )
 
 
@@ -96,8 +98,8 @@ def check(workdir: str, config, step: int) -> None:
         f"{path}: cannot resume checkpoint step {step} with a changed config: {shown}{more}; "
         "these change what the checkpoint means (resume may change only num_steps, "
         "log/eval/checkpoint cadence, keep_checkpoints, eval_batches, micro_batch, data.dir, "
-        "later stages, mesh.*, sampling.* and eval.*): use another --workdir, or the run's own "
-        "values")
+        "later stages, mesh.*, sampling.*, eval.*, cpu_conv, model.conv_kernel_grad and "
+        "model.attention_grad): use another --workdir, or the run's own values")
 
 
 def _show(v) -> str:
