@@ -36,6 +36,25 @@ def test_hlo_categories_and_trace_breakdown():
   assert all(t["instruction"] in table for t in r["top"])
   assert r["ops_ms"] == pytest.approx(sum(r["categories"].values()), abs=0.1)
   assert r["ops_ms"] == pytest.approx(sum(r["parts"].values()), abs=0.1)
+  # 8 channels are XLA's own convolutions, which run asynchronously: counted, not timed
+  assert r["async_convolutions"] >= 1
+
+
+def test_breakdown_counts_asynchronous_convolutions_by_library():
+  from jisp.core import cpu_conv
+  x, w, v = jnp.ones((2, 16, 16, 64)), jnp.full((3, 3, 64, 64), 0.01), jnp.full((64, 8), 0.1)
+  counts = {}
+  for lib in ("xla", "ynnpack"):
+    fn = jax.jit(jax.grad(_conv_net, argnums=(1, 2)),
+                 compiler_options=cpu_conv.compiler_options({"cpu_conv": lib}, "train"))
+    compiled = fn.lower(x, w, v).compile()
+
+    def call(*a, compiled=compiled):
+      jax.block_until_ready(compiled(*a))
+      return a
+    counts[lib] = profile_step.breakdown(compiled, call, (x, w, v), steps=1)["async_convolutions"]
+  if jax.default_backend() == "cpu":
+    assert counts["ynnpack"] == 0 and counts["xla"] >= 2, counts
 
 
 def test_category_rules():
@@ -111,3 +130,5 @@ def test_vs_torch_medians_ratio_and_jisp_layout(tmp_path, monkeypatch):
   assert [r["speed"] for r in jisp] == [2.0, 2.4]
   assert all(r["devices"] == 2 and r["micro_batch"] == 4 for r in jisp)
   assert all("devices" not in r for r in rounds if r["tool"] != "jisp")
+  # every figure names the CPU it was measured on
+  assert all("cpu_model" in r and "cpu_flags" in r for r in rounds + [summary])

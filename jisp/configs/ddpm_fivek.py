@@ -68,7 +68,7 @@ def get_config(arg=None):
   c.model.out_channels = 3
   c.model.dtype = "float32"    # compute dtype; "bfloat16" on accelerators
   c.model.zero_out = False     # output conv at zero (a residual prior starts as the prior)
-  c.model.conv_kernel_grad = "auto"   # kernel gradients as matmuls on CPU (models/conv.py)
+  c.model.conv_kernel_grad = "auto"   # matmuls under YNNPACK convolutions on CPU (models/conv.py)
   c.model.attention_grad = "recompute"  # backward recomputes the softmax (models/attention.py)
 
   c.diffusion = ml_collections.ConfigDict()

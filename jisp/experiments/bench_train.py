@@ -14,7 +14,7 @@ import time
 import jax
 import numpy as np
 
-from jisp.core import sharding
+from jisp.core import cpu_conv, sharding
 from jisp.core.errors import ConfigError
 from jisp.core.flops import compiled_flops
 from jisp.experiments import machine
@@ -79,6 +79,10 @@ def bench_train(config, steps: int = 5, emit=None, device_counts=None,
         "compile_s": round(compile_s, 2), "timed_steps": steps,
         "loss_finite": bool(np.isfinite(float(m["loss"]))), **machine.cpu_info(),
         "dtype": str(config.model.get("dtype", "float32")),
+        # what ran the convolutions (jisp.core.cpu_conv) and their kernel gradients
+        "cpu_conv": cpu_conv.library(config, "train") if jax.default_backend() == "cpu"
+        else None,
+        "conv_kernel_grad": getattr(getattr(task, "model", None), "conv_kernel_grad", None),
         **machine.utilisation(flops / dt / 1e9, n, jax.devices()[0].device_kind,
                               ceiling * n / jax.local_device_count() if ceiling else None),
     }
@@ -114,7 +118,10 @@ def bench_data(config, steps: int = 20, emit=None) -> list[dict]:
   tx, lr_fn = optim.make_optimizer(config.optim, config.num_steps)
   results = []
 
+  cpu = machine.cpu_info()
+
   def emit_(rec):
+    rec = {**rec, **cpu}
     results.append(rec)
     if emit:
       emit(rec)

@@ -98,7 +98,7 @@ def compare(whats, *, peer_dir: str, peer_python: str, rounds: int = 2, batch: i
         layout = {k: rec[k] for k in ("devices", "micro_batch") if tool == "jisp" and k in rec}
         emit(json.dumps({"bench": "vs_torch", "what": w, "tool": tool, "round": r,
                          "batch": b, "speed": round(s, 3), **layout,
-                         "unit": "patches/s" if w == "train" else "patch-NFE/s"}))
+                         "unit": "patches/s" if w == "train" else "patch-NFE/s", **cpu}))
   out = []
   for (w, b), by_tool in speeds.items():
     med = {t: statistics.median(v) for t, v in by_tool.items()}

@@ -8,9 +8,10 @@ only the output and each query's log-sum-exp, and the backward pass recomputes t
 probabilities block by block of `block` queries (FlashAttention's backward, written for
 XLA: each block's scores, probabilities and their gradient are a few MiB and are consumed
 where they are made). The backward builds those blocks transposed, keys by queries, so
-that each of its five products is one XLA:CPU runs on its fast matmul path. Under differentiation the forward divides by the softmax's sum after
-the product with v, on (T, C) rather than (T, T) values; undifferentiated (sampling) it is
-the plain expression, which XLA fuses whole.
+that each of its five products is one XLA:CPU runs on its fast matmul path. Under
+differentiation the forward divides by the softmax's sum after the product with v, on
+(T, C) rather than (T, T) values; undifferentiated (sampling) it is the plain expression,
+which XLA fuses whole.
 
 Values equal `jax.nn.softmax` attention up to rounding and the gradients are the exact
 ones (tests/test_attention.py). `grad`: "recompute" (this), or "xla" (the plain expression,

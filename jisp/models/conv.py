@@ -1,8 +1,9 @@
 """A drop-in `conv_general_dilated` for flax's nn.Conv whose kernel gradient is matmuls.
 
-XLA:CPU writes the kernel gradient of a convolution as another convolution whose window
-is the whole feature map, and runs it at a fraction of the rate of the forward pass: it was
-the single heaviest item of the U-Net's train step (README, "Where the time goes"). Here
+YNNPACK (XLA:CPU's default convolution library) computes the kernel gradient of a
+convolution as another convolution whose window is the whole feature map, at a fraction of
+the rate of the forward pass: it was the single heaviest item of the U-Net's train step
+when the step ran on YNNPACK (README, "Speed"). Here
 the kernel gradient of a 2-D NHWC/HWIO convolution is rewritten as matrix products:
 
   dW[a, b, c, d] = sum_{n,r,j} X_b[n, r, j, c] * G[n, r, j, (a, d)]

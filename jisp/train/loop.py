@@ -67,7 +67,7 @@ def loss_and_grads(task, params, batch, rng, micro_batch: int = 0):
   says what its loss draws gets them made once for the whole batch, each micro-batch its
   rows of them, so the result is the whole batch's up to summation order; any other draws
   come from a key per micro-batch. The working set shrinks to one micro-batch, which on
-  CPUs keeps it in cache (README "Speed").
+  CPUs moves fewer bytes per step (README "Speed").
   """
   def one(prm, mb, key, draws):
     kw = {} if draws is None else {"draws": draws}
@@ -82,8 +82,8 @@ def loss_and_grads(task, params, batch, rng, micro_batch: int = 0):
   draw_parts = None if draws is None else \
       jax.tree.map(lambda a: microbatch.split(a, micro_batch), draws)
   # A Python loop, unrolled into the compiled step: the same loop as a rolled lax.scan ran
-  # several times slower on XLA:CPU (README "Speed"); the price is compile time linear in
-  # the number of micro-batches.
+  # at half the speed on XLA:CPU (README "Speed"); the price is compile time linear in the
+  # number of micro-batches.
   total = None
   for i in range(b // micro_batch):
     pick = lambda a: a[i]  # noqa: E731
