@@ -44,11 +44,11 @@ def requested(config) -> str:
 def library(config, purpose: str) -> str:
   """"xla" or "ynnpack": the library a `purpose` ("train" or "infer") program's
   convolutions run on under the config."""
+  if purpose not in ("train", "infer"):
+    raise ValueError(f"purpose {purpose!r}: expected 'train' or 'infer'")
   value = requested(config)
   if value != "auto":
     return value
-  if purpose not in ("train", "infer"):
-    raise ValueError(f"purpose {purpose!r}: expected 'train' or 'infer'")
   return "xla" if purpose == "train" else "ynnpack"
 
 

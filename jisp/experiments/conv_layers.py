@@ -62,6 +62,18 @@ def network_convs(task, batch: int) -> collections.Counter:
   return found
 
 
+def _conv(strides, pads):
+  return lambda x, w: lax.conv_general_dilated(
+      x, w, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _gflop(x_shape, w_shape, strides, pads) -> float:
+  """Forward GFLOP of one convolution: 2 per multiply-add of every output element."""
+  y = jax.eval_shape(_conv(strides, pads), jax.ShapeDtypeStruct(x_shape, jnp.float32),
+                     jax.ShapeDtypeStruct(w_shape, jnp.float32))
+  return 2 * np.prod(y.shape) * np.prod(w_shape[:3]) / 1e9
+
+
 def _time(compiled, args, repeats: int, calls: int) -> float:
   jax.block_until_ready(compiled(*args))
   times = []
@@ -81,8 +93,7 @@ def time_conv(x_shape, w_shape, strides, pads, dtype="float32", repeats: int = 5
   rng = np.random.default_rng(seed)
   x = jnp.asarray(rng.standard_normal(x_shape), dtype)
   w = jnp.asarray(0.05 * rng.standard_normal(w_shape), dtype)
-  conv = lambda x, w: lax.conv_general_dilated(  # noqa: E731
-      x, w, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  conv = _conv(strides, pads)
   y = jax.eval_shape(conv, x, w)
   g = jnp.asarray(rng.standard_normal(y.shape), dtype)
   fns = {
@@ -111,9 +122,7 @@ def bench_convs(task, batch: int = 4, emit=None, repeats: int = 5) -> list[dict]
   for (xs, ws, st, pads, dtype), n in sorted(network_convs(task, batch).items(),
                                              key=lambda kv: (-kv[0][0][1], kv[0][1])):
     ms = time_conv(xs, ws, st, pads, dtype, repeats=repeats)
-    ho = -(-(xs[1] + sum(pads[0]) - ws[0] + 1) // st[0])
-    wo = -(-(xs[2] + sum(pads[1]) - ws[1] + 1) // st[1])
-    gflop = 2 * xs[0] * ho * wo * ws[0] * ws[1] * ws[2] * ws[3] / 1e9
+    gflop = float(_gflop(xs, ws, st, pads))
     gflop_total += n * gflop
     rec = {"bench": "convs", "x": list(xs), "kernel": list(ws), "strides": list(st),
            "pads": [list(p) for p in pads], "count": n, "gflop": round(gflop, 4),

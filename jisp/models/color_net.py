@@ -69,7 +69,7 @@ class ColorNet(nn.Module):
       h = Block(ch, self.num_groups, self.dtype, name=f"up{i}")(
           jnp.concatenate([h, skips.pop()], axis=-1))
     h = norm_lib.GroupNorm(self.num_groups, dtype=self.dtype, activation="swish",
-                              name="norm_out")(h)
+                           name="norm_out")(h)
     # Zero-initialised output conv: with the residual the untrained net is the identity.
     out = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype, kernel_init=nn.initializers.zeros,
                   name="conv_out")(h).astype(jnp.float32)

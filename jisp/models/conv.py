@@ -3,8 +3,8 @@
 YNNPACK (XLA:CPU's default convolution library) computes the kernel gradient of a
 convolution as another convolution whose window is the whole feature map, at a fraction of
 the rate of the forward pass: it was the single heaviest item of the U-Net's train step
-when the step ran on YNNPACK (README, "Speed"). Here
-the kernel gradient of a 2-D NHWC/HWIO convolution is rewritten as matrix products:
+when the step ran on YNNPACK (README, "Speed"). Here the kernel gradient of a 2-D
+NHWC/HWIO convolution is rewritten as matrix products:
 
   dW[a, b, c, d] = sum_{n,r,j} X_b[n, r, j, c] * G[n, r, j, (a, d)]
 
@@ -19,9 +19,9 @@ convolutions. Values equal XLA's kernel gradient up to summation order (tests/te
 `kernel_grad`: "matmul" always, "xla" never, "auto" where it pays: on the CPU backend when
 the train step's convolutions run on YNNPACK (config `cpu_conv`, jisp.core.cpu_conv), whose
 kernel gradients are the slow ones. XLA's own CPU convolutions and accelerators' libraries
-compute kernel gradients well. The matmul gradient is a custom_vjp,
-so it serves reverse-mode differentiation (training) only: forward mode through the network
-(jax.jvp, jax.jacfwd) needs "xla".
+compute kernel gradients well. The matmul gradient is a custom_vjp, so it serves
+reverse-mode differentiation (training) only: forward mode through the network (jax.jvp,
+jax.jacfwd) needs "xla".
 """
 from __future__ import annotations
 
