@@ -145,6 +145,49 @@ def test_disk_full_during_training_is_one_line_and_resumes_after_freeing(tmp_pat
     subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
+_FILL_AND_LOG = r"""
+import sys
+from jisp.train.metrics_log import MetricsLog
+mnt = sys.argv[1]
+log = MetricsLog(mnt + "/run", enabled=True, total_steps=9)
+log.write(1, {"loss": 0.5})
+log.write(2, {"loss": 0.25})
+with open(mnt + "/ballast", "wb", buffering=0) as f:  # fill the disk
+  try:
+    while True:
+      f.write(b"x" * 4096)
+  except OSError:
+    pass
+try:  # more than the slack left in the files' last pages
+  log.write(3, {f"metric_{i}": 0.125 for i in range(1000)})
+except OSError as e:
+  print("raised:", e.filename, e.strerror)
+log.close()
+"""
+
+
+def test_metrics_written_before_the_disk_filled_are_on_disk_and_nothing_fails_at_exit(tmp_path):
+  """TensorBoard events are written in the loop, not by a thread that flushes again at exit
+  (a traceback after the one-line error, seen on CI)."""
+  mnt = tmp_path / "tiny"
+  _mount_tmpfs(mnt, "1m")
+  try:
+    p = subprocess.run([sys.executable, "-c", _FILL_AND_LOG, str(mnt)], env=env(1), cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and not p.stderr.strip(), p.stderr[-3000:]
+    raised = p.stdout.strip().splitlines()
+    assert len(raised) == 1 and raised[0].startswith("raised:") and "No space left" in raised[0]
+    assert str(mnt / "run") in raised[0]
+    import tensorflow as tf
+    ev = list((mnt / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    steps = [e.step for e in tf.compat.v1.train.summary_iterator(str(ev[0]))
+             for v in e.summary.value if v.tag == "loss"]
+    assert steps[:2] == [1, 2]
+    assert [r["step"] for r in raw_lines(mnt / "run")][:2] == [1, 2]
+  finally:
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
 @pytest.mark.slow
 def test_sigterm_to_one_of_two_processes_saves_the_same_step_everywhere(tmp_path):
   """Preemption (issue 16): the signal reaches process 1 only; both processes agree at

@@ -4,11 +4,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
+import struct
 import sys
 import time
 
-from tensorboardX import SummaryWriter
-
+from tensorboardX.proto import event_pb2
+from tensorboardX.record_writer import masked_crc32c
+from tensorboardX.summary import scalar as scalar_summary
 
 
 def read_metrics(path) -> list[dict]:
@@ -31,6 +34,42 @@ def read_metrics(path) -> list[dict]:
   return [latest[k] for k in sorted(latest, key=lambda k: (k[1], k[0]))]
 
 
+class _AppendOnly:
+  """A file that grows by whole records only.
+
+  Each record is one unbuffered write; when the disk fills part-way, the file is cut back
+  to the record before, so readers never meet a torn line or event, and nothing is left
+  in a buffer to fail again at close or at exit.
+  """
+
+  def __init__(self, path):
+    self.name = path
+    self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+  def append(self, data: bytes) -> None:
+    size = os.fstat(self._fd).st_size
+    try:
+      view = memoryview(data)
+      while view:
+        view = view[os.write(self._fd, view):]
+    except OSError as e:
+      try:
+        os.ftruncate(self._fd, size)
+      except OSError:
+        pass
+      raise OSError(e.errno, e.strerror, self.name) from None  # the loop makes it one line
+
+  def close(self) -> None:
+    os.close(self._fd)
+
+
+def _tf_record(payload: bytes) -> bytes:
+  """TFRecord framing, the container of TensorBoard event files."""
+  header = struct.pack("<Q", len(payload))
+  return (header + struct.pack("<I", masked_crc32c(header)) + payload
+          + struct.pack("<I", masked_crc32c(payload)))
+
+
 class MetricsLog:
   """Only process 0 writes; others hold a no-op log."""
 
@@ -40,29 +79,32 @@ class MetricsLog:
     self._t0 = time.time()
     if enabled:
       os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-      # tensorboardX: TensorBoard event files without TensorFlow (accelerator images).
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
-
-  def _append(self, rec: dict) -> None:
-    try:
-      self._jsonl.write(json.dumps(rec) + "\n")
-      self._jsonl.flush()
-    except OSError as e:  # a full disk: name the file (the loop turns it into one line)
-      raise OSError(e.errno, e.strerror, self._jsonl.name) from None
+      self._jsonl = _AppendOnly(os.path.join(workdir, "metrics.jsonl"))
+      # TensorBoard events in tensorboardX's protos, written here rather than through its
+      # SummaryWriter, whose thread flushes again at exit: a full disk there printed
+      # tracebacks after the one-line error.
+      tb_dir = os.path.join(workdir, "tensorboard")
+      os.makedirs(tb_dir, exist_ok=True)
+      self._tb = _AppendOnly(os.path.join(
+          tb_dir, f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}"))
+      self._tb.append(_tf_record(event_pb2.Event(
+          wall_time=time.time(), file_version="brain.Event:2").SerializeToString()))
 
   def event(self, **rec) -> None:
     if self.enabled:
-      self._append(rec)
+      self._jsonl.append((json.dumps(rec) + "\n").encode())
 
   def write(self, step: int, values: dict[str, float]) -> None:
     if not self.enabled:
       return
     rec = {"step": int(step)}
     rec.update({k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in values.items()})
-    self._append(rec)
-    for k, v in values.items():
-      self._tb.add_scalar(k, float(v), int(step))
+    self._jsonl.append((json.dumps(rec) + "\n").encode())
+    now = time.time()
+    self._tb.append(b"".join(
+        _tf_record(event_pb2.Event(wall_time=now, step=int(step),
+                                   summary=scalar_summary(k, float(v))).SerializeToString())
+        for k, v in values.items()))
 
   def progress(self, step: int, values: dict[str, float]) -> None:
     """One plain console line per log step with the headline numbers."""
@@ -74,11 +116,5 @@ class MetricsLog:
 
   def close(self) -> None:
     if self.enabled:
-      try:
-        self._jsonl.close()
-      except OSError:
-        pass  # a full disk: what could be written was flushed line by line
-      try:
-        self._tb.close()
-      except OSError:
-        pass
+      self._jsonl.close()
+      self._tb.close()
