@@ -39,6 +39,14 @@ def test_step_cpu_counts_only_the_last_process_of_a_resumed_run(tmp_path):
   assert loco.step_cpu(tmp_path, 50) == (20.0, 100)
 
 
+def test_the_jax_free_copies_of_the_baselines_and_tones_match_their_homes():
+  """loco stays importable without JAX, so it spells these out; they must not drift."""
+  from jisp.isp import tone
+  from jisp.train import runs
+  assert loco.BASELINES == tuple(runs.BASELINES)
+  assert sorted(loco.TONES) == sorted(tone.TONE_MODELS)
+
+
 @pytest.mark.parametrize("name", sorted(loco.KNOWN))
 @pytest.mark.parametrize("tone", loco.TONES)
 def test_every_method_trains_with_the_prior_tone_asked_for(name, tone):

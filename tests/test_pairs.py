@@ -6,13 +6,20 @@ import pytest
 
 from jisp.core import dng
 from jisp.data import pairs, raw_io
-from jisp.isp import bayer
+from jisp.isp import bayer, tone
 
 CM = np.array([[0.6461, -0.1164, -0.0857], [-0.3825, 1.1597, 0.2534],
                [-0.0416, 0.1540, 0.6039]])
 REAL = ("canon_eos_550d_magiclantern_colorchart.dng", "canon_eos_d30_rawsamples.crw",
         "nikon_d1_rawsamples.nef")
 CROP = 256
+
+
+def test_the_render_and_the_tone_model_share_one_curve():
+  """raw_io spells the render's gamma out (it stays JAX-free); the "render" tone model
+  must invert that same curve."""
+  import inspect
+  assert inspect.signature(raw_io.render_srgb).parameters["gamma"].default == tone.RENDER_GAMMA
 
 
 def _grad_corr(a, b):

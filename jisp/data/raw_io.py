@@ -439,8 +439,10 @@ def render_srgb(src: Union[str, os.PathLike, Capture], *, oriented: bool = True,
 
   Camera white balance when it is usable, else the capture's chosen `wb` (user_wb); no
   auto-brightness (neither LibRaw's histogram stretch nor its adjust_maximum), full size,
-  LibRaw's default BT.709 gamma (the FiveK protocol of InvISP and the DDPM paper). LibRaw's own flip is disabled and the EXIF orientation applied by
-  `apply_orientation` (when `oriented`), exactly as for the RAW targets.
+  LibRaw's default BT.709 gamma (the FiveK protocol of InvISP and the DDPM paper; the
+  same pair as jisp.isp.tone.RENDER_GAMMA, written out so that this module needs no JAX).
+  LibRaw's own flip is disabled and the EXIF orientation applied by `apply_orientation`
+  (when `oriented`), exactly as for the RAW targets.
   """
   cap = src if isinstance(src, Capture) else read_capture(src)
   import rawpy

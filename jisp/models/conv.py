@@ -100,10 +100,12 @@ def _conv_fwd(x, kernel, strides, pads, precision):
 
 def _conv_bwd(strides, pads, precision, res, dy):
   x, kernel = res
-  _, vjp_x = jax.vjp(lambda x_: lax.conv_general_dilated(
-      x_, kernel, strides, pads, dimension_numbers=_NHWC, precision=precision), x)
+  # The input gradient is the convolution's transpose in x, traced without its forward.
+  dx_of = jax.linear_transpose(lambda x_: lax.conv_general_dilated(
+      x_, kernel, strides, pads, dimension_numbers=_NHWC, precision=precision),
+      jax.ShapeDtypeStruct(x.shape, x.dtype))
   dk = conv_kernel_grad(x, dy, kernel.shape[:2], strides, pads)
-  return vjp_x(dy)[0], dk.astype(kernel.dtype)
+  return dx_of(dy)[0], dk.astype(kernel.dtype)
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
