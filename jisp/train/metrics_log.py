@@ -90,16 +90,19 @@ class MetricsLog:
       self._tb.append(_tf_record(event_pb2.Event(
           wall_time=time.time(), file_version="brain.Event:2").SerializeToString()))
 
+  def _line(self, rec: dict) -> None:
+    self._jsonl.append((json.dumps(rec) + "\n").encode())
+
   def event(self, **rec) -> None:
     if self.enabled:
-      self._jsonl.append((json.dumps(rec) + "\n").encode())
+      self._line(rec)
 
   def write(self, step: int, values: dict[str, float]) -> None:
     if not self.enabled:
       return
     rec = {"step": int(step)}
     rec.update({k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in values.items()})
-    self._jsonl.append((json.dumps(rec) + "\n").encode())
+    self._line(rec)
     now = time.time()
     self._tb.append(b"".join(
         _tf_record(event_pb2.Event(wall_time=now, step=int(step),

@@ -96,10 +96,14 @@ def check(workdir: str, config, step: int) -> None:
     more = f" and {len(keys) - 6} more" if len(keys) > 6 else ""
     raise ConfigError(
         f"{path}: cannot resume checkpoint step {step} with a changed config: {shown}{more}; "
-        "these change what the checkpoint means (resume may change only num_steps, "
-        "log/eval/checkpoint cadence, keep_checkpoints, eval_batches, micro_batch, data.dir, "
-        "later stages, mesh.*, sampling.*, eval.*, cpu_conv, model.conv_kernel_grad and "
-        "model.attention_grad): use another --workdir, or the run's own values")
+        f"these change what the checkpoint means (resume may change only {_resumable()}): "
+        "use another --workdir, or the run's own values")
+
+
+def _resumable() -> str:
+  """RESUMABLE in words: groups as `prefix.*`, and stages only those not yet started."""
+  return ", ".join("later stages" if k == "stages" else k + "*" if k.endswith(".") else k
+                   for k in RESUMABLE)
 
 
 def _show(v) -> str:
